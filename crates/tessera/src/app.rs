@@ -1,0 +1,274 @@
+//! Wiring: opens the stores a [`Settings`] value names, builds the service, binds the listener
+//! and runs the server with its background tasks and graceful shutdown.
+
+use std::fs::File;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use secrecy::{ExposeSecret as _, SecretString};
+use tokio::net::TcpListener;
+
+use crate::config::Settings;
+use crate::domain::clock::{Clock, SystemClock};
+use crate::domain::jwt::TokenSettings;
+use crate::domain::password::PasswordHasher;
+use crate::domain::secret::{b64, random_32};
+use crate::http::{self, AppState, HttpSettings};
+use crate::service::{Auth, Policy};
+use crate::store::keyfile::KeyFile;
+use crate::store::limits::MemoryLimits;
+use crate::store::sqlite::SqliteStore;
+
+/// How often expired sessions are deleted.
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+/// How often the key ring is re-read (API.md §1: a rotation is seen within 10 s).
+const KEY_RELOAD_EVERY: Duration = Duration::from_secs(5);
+/// Password hashes allowed to wait for a hashing slot before new ones get 503.
+const HASH_QUEUE: usize = 64;
+
+/// The policy a settings value describes.
+pub fn policy(s: &Settings) -> Policy {
+    Policy {
+        tokens: TokenSettings {
+            issuer: s.issuer(),
+            audience: s.audience.clone(),
+            ttl: s.access_token_ttl,
+            leeway: s.jwt_leeway,
+        },
+        signing_alg: s.signing_alg,
+        idle_timeout: s.session_idle_timeout,
+        lifetime: s.session_lifetime,
+        max_sessions_per_user: s.max_sessions_per_user as usize,
+        refresh_reuse_grace: s.refresh_reuse_grace,
+        login_max_failures: u64::from(s.login_max_failures),
+        login_failure_window: s.login_failure_window,
+        login_ip_max_failures: u64::from(s.login_ip_max_failures),
+        login_ip_window: s.login_ip_window,
+        allow_registration: s.allow_registration,
+    }
+}
+
+/// Opens the stores named by `settings` and builds the service. Used by `serve` and by every
+/// CLI command, so both see the same data.
+pub async fn open_service(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Auth>> {
+    create_data_dir(&settings.data_dir)?;
+    let sessions = SqliteStore::open_file(&settings.embedded_db_path(), settings.store_timeout)
+        .await
+        .with_context(|| format!("embedded store in {}", settings.data_dir.display()))?;
+    let db_url = settings.database_url();
+    let users = if settings.database_url.is_none() {
+        sessions.clone()
+    } else {
+        SqliteStore::connect(&db_url, settings.store_timeout)
+            .await
+            .with_context(|| "database_url".to_string())?
+    };
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let hasher = PasswordHasher::new(PasswordHasher::owasp_params(), cores, HASH_QUEUE)?;
+    let auth = Auth::new(
+        Arc::new(users),
+        Arc::new(sessions),
+        Arc::new(MemoryLimits::default()),
+        Arc::new(KeyFile::in_dir(&settings.data_dir)),
+        hasher,
+        clock,
+        policy(settings),
+    )
+    .await?;
+    Ok(Arc::new(auth))
+}
+
+fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        b.mode(0o700);
+    }
+    b.create(dir).with_context(|| format!("cannot create data_dir {}", dir.display()))
+}
+
+/// Takes the exclusive `serve` lock of a data directory, so two servers never share one
+/// embedded store. The OS drops the lock when the process dies, `kill -9` included.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
+    let path = dir.join("tessera.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another tessera server is already using data_dir {} (lock {} is held); \
+             stop it or choose another --data-dir",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
+}
+
+/// A built server, bound and ready to run.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    shutdown_grace: Duration,
+    _lock: File,
+}
+
+impl Application {
+    /// Builds the server on the wall clock.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    /// Builds the server with an injected clock (tests move time instead of sleeping).
+    pub async fn build_with_clock(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
+        create_data_dir(&settings.data_dir)?;
+        let lock = lock_data_dir(&settings.data_dir)?;
+        let auth = open_service(&settings, clock).await?;
+        bootstrap_admin(&auth, settings.admin_password.clone()).await?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let state = AppState {
+            auth,
+            http: Arc::new(HttpSettings {
+                trusted_proxies: settings.trusted_proxies.clone(),
+                max_body_bytes: settings.max_body_bytes as usize,
+            }),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+        };
+        Ok(Self { listener, state, shutdown_grace: settings.shutdown_grace, _lock: lock })
+    }
+
+    /// The bound address (port 0 in tests becomes a real port here).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The service, for tests that need to look behind the HTTP surface.
+    pub fn auth(&self) -> Arc<Auth> {
+        Arc::clone(&self.state.auth)
+    }
+
+    /// Serves until SIGTERM or SIGINT, then drains for at most `shutdown_grace`.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        self.run_until(shutdown_signal()).await
+    }
+
+    /// Serves until `stop` completes, then drains for at most `shutdown_grace`.
+    pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Self { listener, state, shutdown_grace, _lock } = self;
+        let background = spawn_background(Arc::clone(&state.auth));
+        let flag = Arc::clone(&state.shutting_down);
+        let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
+        let on_stop = async move {
+            stop.await;
+            flag.store(true, Ordering::SeqCst);
+            tracing::info!("shutting down: draining in-flight requests");
+            let _ = stopped_tx.send(true);
+        };
+        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let server = axum::serve(listener, app).with_graceful_shutdown(on_stop);
+        let mut stopped = stopped_rx;
+        let deadline = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+            tokio::time::sleep(shutdown_grace).await;
+        };
+        tokio::select! {
+            r = server => r.context("server error")?,
+            () = deadline => tracing::warn!("shutdown grace elapsed; closing remaining connections"),
+        }
+        for task in background {
+            task.abort();
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+fn spawn_background(auth: Arc<Auth>) -> Vec<tokio::task::JoinHandle<()>> {
+    let sweeper = {
+        let auth = Arc::clone(&auth);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(SWEEP_EVERY);
+            loop {
+                tick.tick().await;
+                match auth.sweep().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::debug!(removed = n, "expired sessions swept"),
+                    Err(e) => tracing::warn!(error = %e, "session sweep failed"),
+                }
+            }
+        })
+    };
+    let keys = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(KEY_RELOAD_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = auth.reload_keys().await {
+                tracing::warn!(error = %e, "key ring reload failed");
+            }
+        }
+    });
+    vec![sweeper, keys]
+}
+
+/// On an empty user table, creates `admin` with `TESSERA_ADMIN_PASSWORD` or a random password
+/// printed once on stderr.
+async fn bootstrap_admin(auth: &Auth, given: Option<SecretString>) -> anyhow::Result<()> {
+    if auth.user_count().await? > 0 {
+        return Ok(());
+    }
+    let (password, print) = match given {
+        Some(p) => (p, false),
+        None => (SecretString::from(b64(&random_32()[..18])), true),
+    };
+    auth.create_user("admin", password.clone(), &["admin".to_owned()])
+        .await
+        .context("cannot create the first admin user (is TESSERA_ADMIN_PASSWORD strong enough?)")?;
+    if print {
+        eprintln!(
+            "tessera: first start, created user 'admin' with role admin; admin password: {}",
+            password.expose_secret()
+        );
+    }
+    Ok(())
+}
+
+/// SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

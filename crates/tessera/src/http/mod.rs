@@ -1,0 +1,114 @@
+//! HTTP at the edge: the router, shared state and middleware. Handlers live in [`api`]; the one
+//! error-to-status mapping in [`error`].
+
+pub mod api;
+pub mod error;
+pub mod extract;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderName, HeaderValue, Request, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, patch, post};
+use ipnet::IpNet;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::service::Auth;
+use error::ApiError;
+
+/// HTTP-only settings.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Largest accepted body.
+    pub max_body_bytes: usize,
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The use cases.
+    pub auth: Arc<Auth>,
+    /// HTTP settings.
+    pub http: Arc<HttpSettings>,
+    /// Set on SIGTERM/SIGINT so `/readyz` turns 503 while in-flight requests drain.
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+/// Longest a request may take end to end; slow clients and stuck handlers get 408 instead of
+/// holding a connection forever.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The full router with middleware.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.http.max_body_bytes;
+    Router::new()
+        .route("/login", post(api::login))
+        .route("/token", post(api::token))
+        .route("/profile", get(api::profile))
+        .route("/logout", post(api::logout))
+        .route("/verify", get(api::verify))
+        .route("/sessions", get(api::sessions))
+        .route("/sessions/{id}", delete(api::delete_session))
+        .route("/password", post(api::change_password))
+        .route("/users", post(api::register))
+        .route("/admin/users", get(api::admin_list).post(api::admin_create))
+        .route("/admin/users/{id}", patch(api::admin_update).delete(api::admin_delete))
+        .route("/.well-known/jwks.json", get(api::jwks))
+        .route("/healthz", get(api::healthz))
+        .route("/readyz", get(api::readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::overriding(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req.headers().get(&REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or("");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION, header::COOKIE]))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+}
+
+fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response {
+    let what = err
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| err.downcast_ref::<&str>().copied())
+        .unwrap_or("(non-string panic)");
+    tracing::error!(panic = %what, "handler panicked");
+    ApiError::internal().into_response()
+}

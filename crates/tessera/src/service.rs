@@ -1,0 +1,748 @@
+//! The use cases: login, refresh, verification, logout, sessions, passwords, user
+//! administration. This is where the domain rules meet the stores; HTTP and the CLI are thin
+//! callers of [`Auth`].
+//!
+//! Error handling: every fallible use case returns [`AuthError`], whose variants are the
+//! outcomes a caller must tell apart. It is mapped to HTTP exactly once, in `http::error`.
+
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::domain::clock::{Clock, Timestamp};
+use crate::domain::jwt::{Claims, KeyRing, Keys, SigningAlg, TokenError, TokenSettings};
+use crate::domain::password::{self, HashError, PasswordHasher, Verification, WeakPassword};
+use crate::domain::refresh::RefreshToken;
+use crate::domain::session::{RefreshState, Session, SessionId, clip_user_agent};
+use crate::domain::user::{InvalidRole, InvalidUsername, Role, Roles, User, UserId, Username};
+use crate::store::{
+    KeyStore, LimitStore, RefreshPresentation, Rotation, SessionStore, StoreError, UserStore,
+};
+
+/// Every outcome of a use case that is not success.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// Unknown user, wrong password, disabled user, malformed username: never told apart.
+    #[error("invalid username or password")]
+    InvalidCredentials,
+    /// No credentials were presented.
+    #[error("authentication required")]
+    Unauthenticated,
+    /// A token or session was presented and is not (or no longer) valid.
+    #[error("the token is invalid, expired or revoked")]
+    InvalidToken,
+    /// A refresh token that cannot be used (RFC 6749 `invalid_grant`).
+    #[error("{0}")]
+    InvalidGrant(&'static str),
+    /// Too many failures; try again after the given time.
+    #[error("too many failed attempts; try again later")]
+    RateLimited(Duration),
+    /// Authenticated, but the current password given to confirm a change is wrong.
+    #[error("the current password is wrong")]
+    WrongPassword,
+    /// Authenticated but not allowed.
+    #[error("{0}")]
+    Forbidden(&'static str),
+    /// The thing asked for does not exist (or is not the caller's).
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// The username is taken.
+    #[error("this username is taken")]
+    UsernameTaken,
+    /// Bad username on account creation.
+    #[error(transparent)]
+    InvalidUsername(#[from] InvalidUsername),
+    /// Bad role name.
+    #[error(transparent)]
+    InvalidRole(#[from] InvalidRole),
+    /// Password policy.
+    #[error(transparent)]
+    WeakPassword(#[from] WeakPassword),
+    /// Password hashing is saturated.
+    #[error("the server is busy; try again shortly")]
+    Overloaded,
+    /// A store did not answer.
+    #[error("a backing store is unavailable")]
+    Unavailable,
+    /// A bug or corrupt data; details are logged, never shown.
+    #[error(transparent)]
+    Unexpected(anyhow::Error),
+}
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(why) => {
+                tracing::warn!(%why, "store unavailable");
+                Self::Unavailable
+            }
+            StoreError::Conflict => Self::UsernameTaken,
+            StoreError::Unexpected(e) => Self::Unexpected(e),
+        }
+    }
+}
+
+impl From<HashError> for AuthError {
+    fn from(e: HashError) -> Self {
+        match e {
+            HashError::Overloaded => Self::Overloaded,
+            HashError::Internal(e) => Self::Unexpected(anyhow::anyhow!(e)),
+        }
+    }
+}
+
+/// The rules a deployment configures.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Access-token issuance and verification.
+    pub tokens: TokenSettings,
+    /// Algorithm for new signing keys.
+    pub signing_alg: SigningAlg,
+    /// Sliding idle timeout.
+    pub idle_timeout: Duration,
+    /// Absolute session lifetime.
+    pub lifetime: Duration,
+    /// Oldest sessions are evicted past this.
+    pub max_sessions_per_user: usize,
+    /// Duplicate-refresh grace.
+    pub refresh_reuse_grace: Duration,
+    /// Failures per (username, IP) per window.
+    pub login_max_failures: u64,
+    /// Window of the above.
+    pub login_failure_window: Duration,
+    /// Failures per IP per window.
+    pub login_ip_max_failures: u64,
+    /// Window of the above.
+    pub login_ip_window: Duration,
+    /// Whether anyone may create an account.
+    pub allow_registration: bool,
+}
+
+impl Policy {
+    /// How long a retired signing key must keep verifying: until every token it signed expired.
+    pub fn key_retention(&self) -> Duration {
+        self.tokens.ttl + self.tokens.leeway
+    }
+}
+
+/// Who is calling, as the session record says.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    /// User id.
+    pub user_id: UserId,
+    /// Username.
+    pub username: Username,
+    /// Roles.
+    pub roles: Roles,
+    /// The session the credential belongs to.
+    pub session_id: SessionId,
+}
+
+impl Principal {
+    fn from_session(s: &Session) -> Self {
+        Self {
+            user_id: s.user_id,
+            username: s.username.clone(),
+            roles: s.roles.clone(),
+            session_id: s.id,
+        }
+    }
+
+    /// Whether the caller may use the admin API.
+    pub fn is_admin(&self) -> bool {
+        self.roles.contains(Role::ADMIN)
+    }
+}
+
+/// Where a request came from, for session records and throttling.
+#[derive(Clone, Debug, Default)]
+pub struct ClientInfo {
+    /// Client IP (the socket peer unless a trusted proxy says otherwise).
+    pub ip: Option<IpAddr>,
+    /// `User-Agent`.
+    pub user_agent: Option<String>,
+}
+
+/// Tokens handed out by a login or refresh.
+#[derive(Debug)]
+pub struct Issued {
+    /// The JWT.
+    pub access_token: String,
+    /// Its lifetime in seconds.
+    pub expires_in: u64,
+    /// The opaque refresh token.
+    pub refresh_token: String,
+    /// The session they belong to.
+    pub session_id: SessionId,
+}
+
+/// The public view of a user (`/profile`, admin API).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Profile {
+    /// User id.
+    pub id: UserId,
+    /// Username.
+    pub username: Username,
+    /// Same as `username` (seed compatibility).
+    pub user: Username,
+    /// Role names.
+    pub roles: Roles,
+    /// Creation time.
+    pub created_at: Timestamp,
+    /// Whether the account is disabled.
+    pub disabled: bool,
+}
+
+impl From<&User> for Profile {
+    fn from(u: &User) -> Self {
+        Self {
+            id: u.id,
+            username: u.username.clone(),
+            user: u.username.clone(),
+            roles: u.roles.clone(),
+            created_at: u.created_at,
+            disabled: u.disabled,
+        }
+    }
+}
+
+/// Scope of a logout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogoutScope {
+    /// This session.
+    #[default]
+    Current,
+    /// Every other session of the user.
+    Others,
+    /// Every session of the user.
+    All,
+}
+
+/// Changes an admin may make to a user.
+#[derive(Clone, Debug, Default)]
+pub struct UserPatch {
+    /// Disable or enable.
+    pub disabled: Option<bool>,
+    /// Replace the roles.
+    pub roles: Option<Vec<String>>,
+}
+
+/// The service: stores, keys, hasher, clock and policy.
+pub struct Auth {
+    users: Arc<dyn UserStore>,
+    sessions: Arc<dyn SessionStore>,
+    limits: Arc<dyn LimitStore>,
+    key_store: Arc<dyn KeyStore>,
+    keys: RwLock<Arc<Keys>>,
+    hasher: PasswordHasher,
+    clock: Arc<dyn Clock>,
+    policy: Policy,
+    profiles: moka::future::Cache<UserId, (Arc<Profile>, Timestamp)>,
+}
+
+/// How long `/profile` answers may be served from the cache.
+pub const PROFILE_CACHE_TTL: Duration = Duration::from_secs(300);
+
+impl Auth {
+    /// Assembles the service, creating or loading the key ring.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn new(
+        users: Arc<dyn UserStore>,
+        sessions: Arc<dyn SessionStore>,
+        limits: Arc<dyn LimitStore>,
+        key_store: Arc<dyn KeyStore>,
+        hasher: PasswordHasher,
+        clock: Arc<dyn Clock>,
+        policy: Policy,
+    ) -> anyhow::Result<Self> {
+        let now = clock.now();
+        let fresh = KeyRing::generate(policy.signing_alg, now)?;
+        let mut ring = key_store.init(&fresh).await?;
+        let active_alg = ring.keys.iter().rev().find(|k| k.retired_at.is_none()).map(|k| k.alg);
+        if active_alg != Some(policy.signing_alg) {
+            // The configured algorithm changed: switch, keeping old keys for their tokens.
+            ring.rotate(policy.signing_alg, now, policy.key_retention())?;
+            key_store.save(&ring).await?;
+            tracing::info!(alg = %policy.signing_alg, "signing algorithm changed; new key created");
+        }
+        let keys = Keys::from_ring(&ring, &policy.tokens, now, policy.key_retention())?;
+        Ok(Self {
+            users,
+            sessions,
+            limits,
+            key_store,
+            keys: RwLock::new(Arc::new(keys)),
+            hasher,
+            clock,
+            policy,
+            profiles: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(PROFILE_CACHE_TTL)
+                .build(),
+        })
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The current verification keys.
+    pub fn keys(&self) -> Arc<Keys> {
+        Arc::clone(&self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
+    /// Re-reads the key ring (a rotation by the CLI or another instance) and drops retired keys
+    /// whose tokens have all expired.
+    pub async fn reload_keys(&self) -> Result<(), AuthError> {
+        let Some(ring) = self.key_store.load().await? else {
+            return Ok(());
+        };
+        let keys = Keys::from_ring(&ring, &self.policy.tokens, self.now(), self.policy.key_retention())
+            .map_err(|e| AuthError::Unexpected(e.into()))?;
+        *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
+        Ok(())
+    }
+
+    /// Retires the active signing key and makes a new one.
+    pub async fn rotate_keys(&self) -> Result<String, AuthError> {
+        let mut ring = self.key_store.load().await?.ok_or_else(|| {
+            AuthError::Unexpected(anyhow::anyhow!("no key ring to rotate"))
+        })?;
+        ring.rotate(self.policy.signing_alg, self.now(), self.policy.key_retention())
+            .map_err(|e| AuthError::Unexpected(e.into()))?;
+        self.key_store.save(&ring).await?;
+        self.reload_keys().await?;
+        tracing::info!(target: "audit", event = "key_rotation", kid = %self.keys().active_kid());
+        Ok(self.keys().active_kid().to_owned())
+    }
+
+    /// The key ring as stored (for `keys list`).
+    pub async fn key_ring(&self) -> Result<Option<KeyRing>, AuthError> {
+        Ok(self.key_store.load().await?)
+    }
+
+    fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    // ----- login and tokens ---------------------------------------------------------------
+
+    /// Checks a username and password and opens a session.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: SecretString,
+        client: &ClientInfo,
+    ) -> Result<Issued, AuthError> {
+        let user = self.check_password(username, password, client).await?;
+        self.open_session(&user, client).await
+    }
+
+    /// The password check shared by every login door (JSON, form, `/token`, `/password`):
+    /// throttling first, then the hash, with the same cost and answer for every kind of failure.
+    async fn check_password(
+        &self,
+        username: &str,
+        password: SecretString,
+        client: &ClientInfo,
+    ) -> Result<User, AuthError> {
+        let keys = ThrottleKeys::new(username, client.ip);
+        self.check_throttle(&keys).await?;
+        let parsed = Username::parse(username).ok();
+        let user = match &parsed {
+            Some(name) => self.users.by_username(name).await?,
+            None => None,
+        };
+        let too_long = password.expose_secret().len() > password::MAX_LEN * 4;
+        let stored = user.as_ref().filter(|_| !too_long).map(|u| u.password_hash.clone());
+        let verdict = self.hasher.verify(password.clone(), stored).await?;
+        let user = match (user, verdict) {
+            (Some(u), Verification::Match | Verification::MatchNeedsRehash) if !u.disabled => {
+                if verdict == Verification::MatchNeedsRehash {
+                    self.upgrade_hash(&u, password).await;
+                }
+                u
+            }
+            _ => {
+                self.record_failure(&keys).await?;
+                tracing::info!(target: "audit", event = "login_failed", username = %keys.user, ip = ?client.ip);
+                return Err(AuthError::InvalidCredentials);
+            }
+        };
+        self.limits.clear(&keys.pair).await?;
+        Ok(user)
+    }
+
+    async fn check_throttle(&self, keys: &ThrottleKeys) -> Result<(), AuthError> {
+        let now = self.now();
+        let p = &self.policy;
+        let checks = [
+            (&keys.pair, p.login_max_failures),
+            (&keys.user_total, p.login_max_failures.saturating_mul(10)),
+            (&keys.ip, p.login_ip_max_failures),
+        ];
+        for (key, max) in checks {
+            if key.is_empty() {
+                continue;
+            }
+            let (count, end) = self.limits.get(key, now).await?;
+            if count >= max {
+                let wait = end.map(|e| now.until(e)).unwrap_or(Duration::from_secs(1));
+                return Err(AuthError::RateLimited(wait.max(Duration::from_secs(1))));
+            }
+        }
+        Ok(())
+    }
+
+    async fn record_failure(&self, keys: &ThrottleKeys) -> Result<(), AuthError> {
+        let now = self.now();
+        let p = &self.policy;
+        self.limits.hit(&keys.pair, p.login_failure_window, now).await?;
+        self.limits.hit(&keys.user_total, p.login_failure_window, now).await?;
+        if !keys.ip.is_empty() {
+            self.limits.hit(&keys.ip, p.login_ip_window, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-hashes a legacy or outdated hash after a successful login. Best effort: a failure is
+    /// logged and the login still succeeds.
+    async fn upgrade_hash(&self, user: &User, password: SecretString) {
+        let result = async {
+            let hash = self.hasher.hash(password).await?;
+            let mut updated = user.clone();
+            updated.password_hash = hash;
+            updated.updated_at = self.now();
+            self.users.update(&updated).await?;
+            Ok::<_, AuthError>(())
+        }
+        .await;
+        match result {
+            Ok(()) => tracing::info!(target: "audit", event = "password_rehashed", user = %user.username),
+            Err(e) => tracing::warn!(error = %e, user = %user.username, "password rehash failed"),
+        }
+    }
+
+    async fn open_session(&self, user: &User, client: &ClientInfo) -> Result<Issued, AuthError> {
+        let now = self.now();
+        let id = SessionId::new();
+        let refresh = RefreshToken::first(user.id, id);
+        let session = Session {
+            id,
+            user_id: user.id,
+            username: user.username.clone(),
+            roles: user.roles.clone(),
+            created_at: now,
+            last_seen_at: now,
+            idle_expires_at: now.plus(self.policy.idle_timeout).min(now.plus(self.policy.lifetime)),
+            absolute_expires_at: now.plus(self.policy.lifetime),
+            user_agent: client.user_agent.as_deref().map(clip_user_agent),
+            ip: client.ip.map(|ip| ip.to_string()),
+            refresh: RefreshState {
+                generation: 0,
+                hash: refresh.hash(),
+                prev_hash: None,
+                rotated_at: None,
+            },
+        };
+        let evicted = self
+            .sessions
+            .create(&session, self.policy.max_sessions_per_user, now)
+            .await?;
+        if !evicted.is_empty() {
+            tracing::info!(target: "audit", event = "sessions_evicted", user = %user.username, count = evicted.len());
+        }
+        tracing::info!(target: "audit", event = "login", user = %user.username, session = %id, ip = ?client.ip);
+        self.issue(&session, &refresh)
+    }
+
+    fn issue(&self, session: &Session, refresh: &RefreshToken) -> Result<Issued, AuthError> {
+        let keys = self.keys();
+        let now = self.now();
+        let ttl = self.policy.tokens.ttl;
+        let claims = Claims {
+            iss: self.policy.tokens.issuer.clone(),
+            sub: session.user_id.to_string(),
+            name: session.username.to_string(),
+            sid: session.id.to_string(),
+            jti: uuid::Uuid::new_v4().to_string(),
+            iat: now.as_secs(),
+            exp: now.plus(ttl).as_secs(),
+            aud: self.policy.tokens.audience.clone(),
+            roles: session.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+        };
+        let access_token = keys.sign(&claims).map_err(|e| AuthError::Unexpected(e.into()))?;
+        Ok(Issued {
+            access_token,
+            expires_in: ttl.as_secs(),
+            refresh_token: refresh.encode(keys.mac_key()),
+            session_id: session.id,
+        })
+    }
+
+    /// Redeems a refresh token: rotation, the grace window and reuse detection (API.md §3).
+    pub async fn refresh(&self, presented: &str) -> Result<Issued, AuthError> {
+        let keys = self.keys();
+        let token = RefreshToken::decode(presented, keys.mac_key())
+            .ok_or(AuthError::InvalidGrant("the refresh token is invalid"))?;
+        let successor = token.successor(keys.mac_key());
+        let presentation = RefreshPresentation {
+            generation: token.generation,
+            hash: token.hash(),
+            successor_hash: successor.hash(),
+            grace: self.policy.refresh_reuse_grace,
+            idle_timeout: self.policy.idle_timeout,
+        };
+        let outcome = self
+            .sessions
+            .rotate_refresh(token.user_id, token.session_id, &presentation, self.now())
+            .await?;
+        match outcome {
+            Rotation::Rotated(s) | Rotation::Grace(s) => self.issue(&s, &successor),
+            Rotation::Reused => {
+                tracing::warn!(target: "audit", event = "refresh_reuse", session = %token.session_id, user = %token.user_id);
+                self.profiles.invalidate(&token.user_id).await;
+                Err(AuthError::InvalidGrant("the refresh token was already used; the session is revoked"))
+            }
+            Rotation::Invalid => Err(AuthError::InvalidGrant("the refresh token is invalid or expired")),
+        }
+    }
+
+    /// Verifies an access token and that its session is alive; slides the idle expiry.
+    /// This is the hot path: one key lookup, one signature check, one store read, and a store
+    /// write at most once per [`touch_interval`](crate::domain::session::touch_interval).
+    pub async fn authenticate_bearer(&self, token: &str) -> Result<Principal, AuthError> {
+        let now = self.now();
+        let claims = self
+            .keys()
+            .verify(token, now, self.policy.tokens.leeway)
+            .map_err(|e: TokenError| {
+                tracing::debug!(reason = %e, "access token refused");
+                AuthError::InvalidToken
+            })?;
+        let user = UserId::parse(&claims.sub).ok_or(AuthError::InvalidToken)?;
+        let sid = SessionId::parse(&claims.sid).ok_or(AuthError::InvalidToken)?;
+        let session = self.sessions.get(user, sid, now).await?.ok_or(AuthError::InvalidToken)?;
+        if session.needs_touch(now, self.policy.idle_timeout) {
+            let idle = session.slid_idle_expiry(now, self.policy.idle_timeout);
+            self.sessions.touch(user, sid, now, idle).await?;
+        }
+        Ok(Principal::from_session(&session))
+    }
+
+    // ----- sessions ------------------------------------------------------------------------
+
+    /// Logs out: this session, the others, or all; returns how many were revoked.
+    pub async fn logout(&self, who: &Principal, scope: LogoutScope) -> Result<u64, AuthError> {
+        let n = match scope {
+            LogoutScope::Current => u64::from(self.sessions.revoke(who.user_id, who.session_id).await?),
+            LogoutScope::Others => self.sessions.revoke_all(who.user_id, Some(who.session_id)).await?,
+            LogoutScope::All => self.sessions.revoke_all(who.user_id, None).await?,
+        };
+        tracing::info!(target: "audit", event = "logout", user = %who.username, scope = ?scope, revoked = n);
+        Ok(n)
+    }
+
+    /// The caller's live sessions.
+    pub async fn sessions(&self, who: &Principal) -> Result<Vec<Session>, AuthError> {
+        Ok(self.sessions.list(who.user_id, self.now()).await?)
+    }
+
+    /// Revokes one of the caller's sessions (their own current one included).
+    pub async fn revoke_session(&self, who: &Principal, id: SessionId) -> Result<(), AuthError> {
+        if self.sessions.revoke(who.user_id, id).await? {
+            tracing::info!(target: "audit", event = "session_revoked", user = %who.username, session = %id);
+            Ok(())
+        } else {
+            Err(AuthError::NotFound("no such session"))
+        }
+    }
+
+    /// Deletes expired sessions.
+    pub async fn sweep(&self) -> Result<u64, AuthError> {
+        Ok(self.sessions.sweep(self.now()).await?)
+    }
+
+    /// Whether every store answers.
+    pub async fn ready(&self) -> bool {
+        self.users.ping().await.is_ok() && self.sessions.ping().await.is_ok()
+    }
+
+    // ----- users ---------------------------------------------------------------------------
+
+    /// The caller's profile, from the cache when fresh (returns when it was cached).
+    pub async fn profile(&self, who: &Principal) -> Result<(Arc<Profile>, Timestamp), AuthError> {
+        if let Some(hit) = self.profiles.get(&who.user_id).await {
+            return Ok(hit);
+        }
+        let user = self.users.by_id(who.user_id).await?.ok_or(AuthError::InvalidToken)?;
+        let entry = (Arc::new(Profile::from(&user)), self.now());
+        self.profiles.insert(who.user_id, entry.clone()).await;
+        Ok(entry)
+    }
+
+    /// Changes the caller's password after checking the current one; revokes every other
+    /// session of the user.
+    pub async fn change_password(
+        &self,
+        who: &Principal,
+        current: SecretString,
+        new: SecretString,
+        client: &ClientInfo,
+    ) -> Result<(), AuthError> {
+        let user = match self.check_password(who.username.as_str(), current, client).await {
+            Err(AuthError::InvalidCredentials) => return Err(AuthError::WrongPassword),
+            other => other?,
+        };
+        self.set_password(user, new).await?;
+        self.sessions.revoke_all(who.user_id, Some(who.session_id)).await?;
+        Ok(())
+    }
+
+    async fn set_password(&self, mut user: User, new: SecretString) -> Result<User, AuthError> {
+        password::check_policy(new.expose_secret(), &user.username)?;
+        user.password_hash = self.hasher.hash(new).await?;
+        user.updated_at = self.now();
+        if !self.users.update(&user).await? {
+            return Err(AuthError::NotFound("no such user"));
+        }
+        self.profiles.invalidate(&user.id).await;
+        tracing::info!(target: "audit", event = "password_changed", user = %user.username);
+        Ok(user)
+    }
+
+    /// Creates a user (registration, admin API, CLI, first start).
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password: SecretString,
+        roles: &[String],
+    ) -> Result<User, AuthError> {
+        let username = Username::parse(username)?;
+        let roles = parse_roles(roles)?;
+        password::check_policy(password.expose_secret(), &username)?;
+        if self.users.by_username(&username).await?.is_some() {
+            return Err(AuthError::UsernameTaken);
+        }
+        let now = self.now();
+        let user = User {
+            id: UserId::new(),
+            username,
+            password_hash: self.hasher.hash(password).await?,
+            roles,
+            disabled: false,
+            created_at: now,
+            updated_at: now,
+        };
+        self.users.create(&user).await?;
+        tracing::info!(target: "audit", event = "user_created", user = %user.username);
+        Ok(user)
+    }
+
+    /// Self-service registration, when enabled.
+    pub async fn register(&self, username: &str, password: SecretString) -> Result<User, AuthError> {
+        if !self.policy.allow_registration {
+            return Err(AuthError::Forbidden("registration is closed"));
+        }
+        self.create_user(username, password, &[]).await
+    }
+
+    /// All users.
+    pub async fn list_users(&self) -> Result<Vec<User>, AuthError> {
+        Ok(self.users.list().await?)
+    }
+
+    /// A user by name.
+    pub async fn find_user(&self, username: &str) -> Result<User, AuthError> {
+        let name = Username::parse(username).map_err(|_| AuthError::NotFound("no such user"))?;
+        self.users.by_username(&name).await?.ok_or(AuthError::NotFound("no such user"))
+    }
+
+    /// A user by id.
+    pub async fn user(&self, id: UserId) -> Result<User, AuthError> {
+        self.users.by_id(id).await?.ok_or(AuthError::NotFound("no such user"))
+    }
+
+    /// Applies an admin change; disabling revokes every session of the user.
+    pub async fn update_user(&self, id: UserId, patch: UserPatch) -> Result<User, AuthError> {
+        let mut user = self.user(id).await?;
+        let roles = patch.roles.as_deref().map(parse_roles).transpose()?;
+        if let Some(d) = patch.disabled {
+            user.disabled = d;
+        }
+        if let Some(r) = &roles {
+            user.roles = r.clone();
+        }
+        user.updated_at = self.now();
+        if !self.users.update(&user).await? {
+            return Err(AuthError::NotFound("no such user"));
+        }
+        self.profiles.invalidate(&id).await;
+        if patch.disabled == Some(true) {
+            self.sessions.revoke_all(id, None).await?;
+        } else if let Some(r) = &roles {
+            self.sessions.set_roles(id, r).await?;
+        }
+        tracing::info!(target: "audit", event = "user_updated", user = %user.username, disabled = user.disabled, roles = %user.roles.to_csv());
+        Ok(user)
+    }
+
+    /// Sets a new password (admin/CLI) and revokes every session of the user.
+    pub async fn reset_password(&self, id: UserId, new: SecretString) -> Result<(), AuthError> {
+        let user = self.user(id).await?;
+        self.set_password(user, new).await?;
+        self.sessions.revoke_all(id, None).await?;
+        Ok(())
+    }
+
+    /// Deletes a user and revokes their sessions.
+    pub async fn delete_user(&self, id: UserId) -> Result<(), AuthError> {
+        // Sessions first: a crash in between leaves a user without sessions, never sessions
+        // without a user.
+        self.sessions.revoke_all(id, None).await?;
+        if !self.users.delete(id).await? {
+            return Err(AuthError::NotFound("no such user"));
+        }
+        self.profiles.invalidate(&id).await;
+        tracing::info!(target: "audit", event = "user_deleted", user = %id);
+        Ok(())
+    }
+
+    /// Number of users.
+    pub async fn user_count(&self) -> Result<u64, AuthError> {
+        Ok(self.users.count().await?)
+    }
+}
+
+fn parse_roles(raw: &[String]) -> Result<Roles, InvalidRole> {
+    Ok(Roles::new(raw.iter().map(|r| Role::parse(r)).collect::<Result<_, _>>()?))
+}
+
+/// The three throttling counters of one login attempt (API.md §5): per (username, IP), per
+/// username across all clients (10× the pair limit, so one attacker cannot lock a user out),
+/// and per IP.
+struct ThrottleKeys {
+    user: String,
+    pair: String,
+    user_total: String,
+    ip: String,
+}
+
+impl ThrottleKeys {
+    fn new(username: &str, ip: Option<IpAddr>) -> Self {
+        // Usernames count case-insensitively; junk is clipped so keys stay small.
+        let mut user: String = username.chars().take(Username::MAX_LEN + 1).collect();
+        user.make_ascii_lowercase();
+        let ip = ip.map(|ip| ip.to_string()).unwrap_or_default();
+        Self {
+            pair: format!("login:pair:{user}|{ip}"),
+            user_total: format!("login:user:{user}"),
+            ip: if ip.is_empty() { String::new() } else { format!("login:ip:{ip}") },
+            user,
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! Storage behind small domain-level traits, and the one place a backend is chosen.
+//!
+//! Each trait is shaped so that every method is one atomic operation on every backend: one SQL
+//! transaction on SQLite/PostgreSQL, one Lua script on Redis (where all keys of a user share a
+//! `{hash tag}`). Every record has an expiry; readers treat an expired record as absent even
+//! before a sweep removes it.
+
+pub mod keyfile;
+pub mod limits;
+pub mod sqlite;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::domain::clock::Timestamp;
+use crate::domain::jwt::KeyRing;
+use crate::domain::session::{Session, SessionId};
+use crate::domain::user::{Roles, User, UserId, Username};
+
+/// A storage failure. Callers map `Unavailable` to 503; there is no "not found" here, absence is
+/// `Option::None`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store did not answer in time or is down: retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness constraint was hit (username taken).
+    #[error("conflict")]
+    Conflict,
+    /// Anything else: a bug or corrupt data.
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+/// Users (SQLite or PostgreSQL).
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    /// Inserts a user; `Conflict` when the username is taken.
+    async fn create(&self, user: &User) -> Result<(), StoreError>;
+    /// Looks a user up by username.
+    async fn by_username(&self, username: &Username) -> Result<Option<User>, StoreError>;
+    /// Looks a user up by id.
+    async fn by_id(&self, id: UserId) -> Result<Option<User>, StoreError>;
+    /// All users, by username.
+    async fn list(&self) -> Result<Vec<User>, StoreError>;
+    /// Writes the mutable fields (hash, roles, disabled, updated_at); false if the user is gone.
+    async fn update(&self, user: &User) -> Result<bool, StoreError>;
+    /// Deletes a user; false if absent.
+    async fn delete(&self, id: UserId) -> Result<bool, StoreError>;
+    /// Number of users (first-start bootstrap).
+    async fn count(&self) -> Result<u64, StoreError>;
+    /// Cheap liveness probe for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// What a refresh presentation did to its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// The presented token was current: the session now expects the successor.
+    Rotated(Session),
+    /// The presented token is the one rotated just before, within the grace window: nothing
+    /// changed; the caller hands out the same successor again.
+    Grace(Session),
+    /// An older token: the session has been revoked (reuse detection).
+    Reused,
+    /// No live session, or a token that never belonged to it.
+    Invalid,
+}
+
+/// A refresh presentation, everything the atomic rotation needs.
+#[derive(Debug, Clone)]
+pub struct RefreshPresentation {
+    /// Generation carried by the token.
+    pub generation: u64,
+    /// SHA-256 of its secret.
+    pub hash: [u8; 32],
+    /// SHA-256 of its successor's secret.
+    pub successor_hash: [u8; 32],
+    /// `refresh_reuse_grace`.
+    pub grace: Duration,
+    /// Session idle timeout (a refresh is a use and slides it).
+    pub idle_timeout: Duration,
+}
+
+/// Sessions and their refresh-token families (embedded SQLite or Redis).
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Stores a new session and, in the same atomic step, revokes the user's oldest live
+    /// sessions so that at most `max_per_user` remain. Returns the evicted ids.
+    async fn create(
+        &self,
+        session: &Session,
+        max_per_user: usize,
+        now: Timestamp,
+    ) -> Result<Vec<SessionId>, StoreError>;
+    /// A live session of `user`.
+    async fn get(
+        &self,
+        user: UserId,
+        id: SessionId,
+        now: Timestamp,
+    ) -> Result<Option<Session>, StoreError>;
+    /// Records a use: `last_seen_at` and the slid idle expiry.
+    async fn touch(
+        &self,
+        user: UserId,
+        id: SessionId,
+        now: Timestamp,
+        idle_expires_at: Timestamp,
+    ) -> Result<(), StoreError>;
+    /// The user's live sessions, oldest first.
+    async fn list(&self, user: UserId, now: Timestamp) -> Result<Vec<Session>, StoreError>;
+    /// Revokes one session of `user`; false if it was not there.
+    async fn revoke(&self, user: UserId, id: SessionId) -> Result<bool, StoreError>;
+    /// Revokes every session of `user` except `keep`; returns how many.
+    async fn revoke_all(&self, user: UserId, keep: Option<SessionId>) -> Result<u64, StoreError>;
+    /// Refresh rotation with reuse detection, atomically (see [`Rotation`]).
+    async fn rotate_refresh(
+        &self,
+        user: UserId,
+        id: SessionId,
+        presented: &RefreshPresentation,
+        now: Timestamp,
+    ) -> Result<Rotation, StoreError>;
+    /// Copies a user's new roles into their live sessions (sessions carry them for `/verify`).
+    async fn set_roles(&self, user: UserId, roles: &Roles) -> Result<(), StoreError>;
+    /// Deletes expired sessions; returns how many.
+    async fn sweep(&self, now: Timestamp) -> Result<u64, StoreError>;
+    /// Cheap liveness probe for `/readyz`.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Where the server secrets live (a file under `data_dir`, or Redis when shared).
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// The ring, if one was ever saved.
+    async fn load(&self) -> Result<Option<KeyRing>, StoreError>;
+    /// Saves the ring unless one exists already; returns the ring that won, so concurrent first
+    /// starts agree.
+    async fn init(&self, ring: &KeyRing) -> Result<KeyRing, StoreError>;
+    /// Replaces the ring (rotation).
+    async fn save(&self, ring: &KeyRing) -> Result<(), StoreError>;
+}
+
+/// Counters for login throttling: fixed windows that start at the first failure.
+#[async_trait]
+pub trait LimitStore: Send + Sync + 'static {
+    /// The failure count of `key` and when its window ends (`None` when no window is open).
+    async fn get(&self, key: &str, now: Timestamp) -> Result<(u64, Option<Timestamp>), StoreError>;
+    /// Counts one failure against `key`, opening a window of `window` if none is open.
+    async fn hit(&self, key: &str, window: Duration, now: Timestamp) -> Result<u64, StoreError>;
+    /// Forgets `key`.
+    async fn clear(&self, key: &str) -> Result<(), StoreError>;
+}

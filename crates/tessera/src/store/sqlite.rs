@@ -1,0 +1,473 @@
+//! The embedded store: one SQLite file (WAL) for users, sessions and refresh-token families.
+//!
+//! Write transactions use `BEGIN IMMEDIATE`: a deferred transaction that reads and then writes
+//! can fail at once with SQLITE_BUSY when another connection writes, instead of waiting.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row as _, SqliteConnection};
+
+use super::{RefreshPresentation, Rotation, SessionStore, StoreError, UserStore};
+use crate::domain::clock::Timestamp;
+use crate::domain::session::{RefreshState, RotationDecision, Session, SessionId};
+use crate::domain::user::{Roles, User, UserId, Username};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Users and sessions in one SQLite database.
+#[derive(Clone, Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    timeout: Duration,
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) and migrates the database at `url` (`sqlite://…`).
+    pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .with_context(|| format!("invalid SQLite URL {url:?}"))?;
+        Self::open(options, timeout).await
+    }
+
+    /// Opens (creating if missing) and migrates the database file at `path`.
+    pub async fn open_file(path: &Path, timeout: Duration) -> anyhow::Result<Self> {
+        Self::open(SqliteConnectOptions::new().filename(path), timeout).await
+    }
+
+    async fn open(options: SqliteConnectOptions, timeout: Duration) -> anyhow::Result<Self> {
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // NORMAL under WAL survives a process crash (kill -9) without loss; only an OS
+            // crash or power cut can drop the last transactions.
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(timeout.max(Duration::from_millis(100)))
+            .connect_with(options)
+            .await
+            .context("cannot open the SQLite database")?;
+        MIGRATOR.run(&pool).await.context("cannot migrate the SQLite database")?;
+        Ok(Self { pool, timeout })
+    }
+
+    /// Runs a store operation under the store deadline.
+    async fn deadline<T>(
+        &self,
+        fut: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.timeout, fut).await {
+            Ok(r) => r.map_err(map_err),
+            Err(_) => Err(StoreError::Unavailable("SQLite did not answer in time".into())),
+        }
+    }
+}
+
+fn map_err(e: sqlx::Error) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        sqlx::Error::Database(db)
+            if matches!(db.code().as_deref(), Some("5" | "6" | "261" | "517")) =>
+        {
+            // SQLITE_BUSY / SQLITE_LOCKED and their extended codes: contention, not a bug.
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Unexpected(anyhow::Error::new(e)),
+    }
+}
+
+fn user_from_row(row: &SqliteRow) -> Result<User, sqlx::Error> {
+    let id: String = row.try_get("id")?;
+    let username: String = row.try_get("username")?;
+    let corrupt = |what: &str| sqlx::Error::Decode(format!("corrupt user {what}").into());
+    Ok(User {
+        id: UserId::parse(&id).ok_or_else(|| corrupt("id"))?,
+        username: Username::parse(&username).map_err(|_| corrupt("username"))?,
+        password_hash: row.try_get("password_hash")?,
+        roles: Roles::from_csv(row.try_get("roles")?),
+        disabled: row.try_get::<i64, _>("disabled")? != 0,
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+        updated_at: Timestamp::from_millis(row.try_get("updated_at")?),
+    })
+}
+
+fn hash32(v: Option<Vec<u8>>) -> Result<Option<[u8; 32]>, sqlx::Error> {
+    v.map(|b| b.try_into().map_err(|_| sqlx::Error::Decode("corrupt token hash".into())))
+        .transpose()
+}
+
+fn session_from_row(row: &SqliteRow) -> Result<Session, sqlx::Error> {
+    let corrupt = |what: &str| sqlx::Error::Decode(format!("corrupt session {what}").into());
+    let id: String = row.try_get("id")?;
+    let user_id: String = row.try_get("user_id")?;
+    let username: String = row.try_get("username")?;
+    let generation: i64 = row.try_get("refresh_generation")?;
+    Ok(Session {
+        id: SessionId::parse(&id).ok_or_else(|| corrupt("id"))?,
+        user_id: UserId::parse(&user_id).ok_or_else(|| corrupt("user id"))?,
+        username: Username::parse(&username).map_err(|_| corrupt("username"))?,
+        roles: Roles::from_csv(row.try_get("roles")?),
+        created_at: Timestamp::from_millis(row.try_get("created_at")?),
+        last_seen_at: Timestamp::from_millis(row.try_get("last_seen_at")?),
+        idle_expires_at: Timestamp::from_millis(row.try_get("idle_expires_at")?),
+        absolute_expires_at: Timestamp::from_millis(row.try_get("absolute_expires_at")?),
+        user_agent: row.try_get("user_agent")?,
+        ip: row.try_get("ip")?,
+        refresh: RefreshState {
+            generation: u64::try_from(generation).map_err(|_| corrupt("generation"))?,
+            hash: hash32(Some(row.try_get("refresh_hash")?))?.ok_or_else(|| corrupt("hash"))?,
+            prev_hash: hash32(row.try_get("prev_refresh_hash")?)?,
+            rotated_at: row.try_get::<Option<i64>, _>("rotated_at")?.map(Timestamp::from_millis),
+        },
+    })
+}
+
+#[async_trait]
+impl UserStore for SqliteStore {
+    async fn create(&self, u: &User) -> Result<(), StoreError> {
+        self.deadline(
+            sqlx::query(
+                "INSERT INTO users (id, username, password_hash, roles, disabled, created_at, \
+                 updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(u.id.to_string())
+            .bind(u.username.as_str())
+            .bind(&u.password_hash)
+            .bind(u.roles.to_csv())
+            .bind(i64::from(u.disabled))
+            .bind(u.created_at.as_millis())
+            .bind(u.updated_at.as_millis())
+            .execute(&self.pool),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn by_username(&self, username: &Username) -> Result<Option<User>, StoreError> {
+        let row = self
+            .deadline(
+                sqlx::query("SELECT * FROM users WHERE username = ?")
+                    .bind(username.as_str())
+                    .fetch_optional(&self.pool),
+            )
+            .await?;
+        row.as_ref().map(user_from_row).transpose().map_err(map_err)
+    }
+
+    async fn by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        let row = self
+            .deadline(
+                sqlx::query("SELECT * FROM users WHERE id = ?")
+                    .bind(id.to_string())
+                    .fetch_optional(&self.pool),
+            )
+            .await?;
+        row.as_ref().map(user_from_row).transpose().map_err(map_err)
+    }
+
+    async fn list(&self) -> Result<Vec<User>, StoreError> {
+        let rows = self
+            .deadline(sqlx::query("SELECT * FROM users ORDER BY username").fetch_all(&self.pool))
+            .await?;
+        rows.iter().map(user_from_row).collect::<Result<_, _>>().map_err(map_err)
+    }
+
+    async fn update(&self, u: &User) -> Result<bool, StoreError> {
+        let done = self
+            .deadline(
+                sqlx::query(
+                    "UPDATE users SET password_hash = ?, roles = ?, disabled = ?, updated_at = ? \
+                     WHERE id = ?",
+                )
+                .bind(&u.password_hash)
+                .bind(u.roles.to_csv())
+                .bind(i64::from(u.disabled))
+                .bind(u.updated_at.as_millis())
+                .bind(u.id.to_string())
+                .execute(&self.pool),
+            )
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn delete(&self, id: UserId) -> Result<bool, StoreError> {
+        let done = self
+            .deadline(
+                sqlx::query("DELETE FROM users WHERE id = ?")
+                    .bind(id.to_string())
+                    .execute(&self.pool),
+            )
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn count(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .deadline(sqlx::query_scalar("SELECT COUNT(*) FROM users").fetch_one(&self.pool))
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.deadline(sqlx::query("SELECT 1").execute(&self.pool)).await.map(|_| ())
+    }
+}
+
+async fn insert_session(conn: &mut SqliteConnection, s: &Session) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO sessions (id, user_id, username, roles, created_at, last_seen_at, \
+         idle_expires_at, absolute_expires_at, expires_at, user_agent, ip, refresh_generation, \
+         refresh_hash, prev_refresh_hash, rotated_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(s.id.to_string())
+    .bind(s.user_id.to_string())
+    .bind(s.username.as_str())
+    .bind(s.roles.to_csv())
+    .bind(s.created_at.as_millis())
+    .bind(s.last_seen_at.as_millis())
+    .bind(s.idle_expires_at.as_millis())
+    .bind(s.absolute_expires_at.as_millis())
+    .bind(s.expires_at().as_millis())
+    .bind(s.user_agent.as_deref())
+    .bind(s.ip.as_deref())
+    .bind(i64::try_from(s.refresh.generation).unwrap_or(i64::MAX))
+    .bind(s.refresh.hash.to_vec())
+    .bind(s.refresh.prev_hash.map(|h| h.to_vec()))
+    .bind(s.refresh.rotated_at.map(Timestamp::as_millis))
+    .execute(&mut *conn)
+    .await
+    .map(|_| ())
+}
+
+#[async_trait]
+impl SessionStore for SqliteStore {
+    async fn create(
+        &self,
+        session: &Session,
+        max_per_user: usize,
+        now: Timestamp,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let uid = session.user_id.to_string();
+        self.deadline(async {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let live: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM sessions WHERE user_id = ? AND expires_at > ? \
+                 ORDER BY created_at, id",
+            )
+            .bind(&uid)
+            .bind(now.as_millis())
+            .fetch_all(&mut *tx)
+            .await?;
+            let excess = (live.len() + 1).saturating_sub(max_per_user.max(1));
+            let evicted: Vec<String> = live.into_iter().take(excess).collect();
+            for id in &evicted {
+                sqlx::query("DELETE FROM sessions WHERE id = ?").bind(id).execute(&mut *tx).await?;
+            }
+            insert_session(&mut tx, session).await?;
+            tx.commit().await?;
+            Ok(evicted.iter().filter_map(|s| SessionId::parse(s)).collect())
+        })
+        .await
+    }
+
+    async fn get(
+        &self,
+        user: UserId,
+        id: SessionId,
+        now: Timestamp,
+    ) -> Result<Option<Session>, StoreError> {
+        let row = self
+            .deadline(
+                sqlx::query(
+                    "SELECT id, user_id, username, roles, created_at, last_seen_at, \
+                     idle_expires_at, absolute_expires_at, user_agent, ip, refresh_generation, \
+                     refresh_hash, prev_refresh_hash, rotated_at \
+                     FROM sessions WHERE id = ? AND user_id = ? AND expires_at > ?",
+                )
+                .bind(id.to_string())
+                .bind(user.to_string())
+                .bind(now.as_millis())
+                .fetch_optional(&self.pool),
+            )
+            .await?;
+        row.as_ref().map(session_from_row).transpose().map_err(map_err)
+    }
+
+    async fn touch(
+        &self,
+        user: UserId,
+        id: SessionId,
+        now: Timestamp,
+        idle_expires_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.deadline(
+            sqlx::query(
+                "UPDATE sessions SET last_seen_at = ?, idle_expires_at = ?, \
+                 expires_at = MIN(?, absolute_expires_at) \
+                 WHERE id = ? AND user_id = ? AND expires_at > ?",
+            )
+            .bind(now.as_millis())
+            .bind(idle_expires_at.as_millis())
+            .bind(idle_expires_at.as_millis())
+            .bind(id.to_string())
+            .bind(user.to_string())
+            .bind(now.as_millis())
+            .execute(&self.pool),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn list(&self, user: UserId, now: Timestamp) -> Result<Vec<Session>, StoreError> {
+        let rows = self
+            .deadline(
+                sqlx::query(
+                    "SELECT id, user_id, username, roles, created_at, last_seen_at, \
+                     idle_expires_at, absolute_expires_at, user_agent, ip, refresh_generation, \
+                     refresh_hash, prev_refresh_hash, rotated_at \
+                     FROM sessions WHERE user_id = ? AND expires_at > ? ORDER BY created_at, id",
+                )
+                .bind(user.to_string())
+                .bind(now.as_millis())
+                .fetch_all(&self.pool),
+            )
+            .await?;
+        rows.iter().map(session_from_row).collect::<Result<_, _>>().map_err(map_err)
+    }
+
+    async fn revoke(&self, user: UserId, id: SessionId) -> Result<bool, StoreError> {
+        let done = self
+            .deadline(
+                sqlx::query("DELETE FROM sessions WHERE id = ? AND user_id = ?")
+                    .bind(id.to_string())
+                    .bind(user.to_string())
+                    .execute(&self.pool),
+            )
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn revoke_all(&self, user: UserId, keep: Option<SessionId>) -> Result<u64, StoreError> {
+        let keep = keep.map(|k| k.to_string()).unwrap_or_default();
+        let done = self
+            .deadline(
+                sqlx::query("DELETE FROM sessions WHERE user_id = ? AND id != ?")
+                    .bind(user.to_string())
+                    .bind(keep)
+                    .execute(&self.pool),
+            )
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn rotate_refresh(
+        &self,
+        user: UserId,
+        id: SessionId,
+        p: &RefreshPresentation,
+        now: Timestamp,
+    ) -> Result<Rotation, StoreError> {
+        let (sid, uid) = (id.to_string(), user.to_string());
+        self.deadline(async {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let row = sqlx::query(
+                "SELECT id, user_id, username, roles, created_at, last_seen_at, \
+                 idle_expires_at, absolute_expires_at, user_agent, ip, refresh_generation, \
+                 refresh_hash, prev_refresh_hash, rotated_at \
+                 FROM sessions WHERE id = ? AND user_id = ? AND expires_at > ?",
+            )
+            .bind(&sid)
+            .bind(&uid)
+            .bind(now.as_millis())
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(row) = row else {
+                return Ok(Rotation::Invalid);
+            };
+            let mut s = session_from_row(&row)?;
+            let outcome = s.refresh.decide(p.generation, &p.hash, now, p.grace);
+            match outcome {
+                RotationDecision::Rotate => {
+                    let idle = s.slid_idle_expiry(now, p.idle_timeout);
+                    sqlx::query(
+                        "UPDATE sessions SET refresh_generation = ?, refresh_hash = ?, \
+                         prev_refresh_hash = ?, rotated_at = ?, last_seen_at = ?, \
+                         idle_expires_at = ?, expires_at = MIN(?, absolute_expires_at) \
+                         WHERE id = ?",
+                    )
+                    .bind(i64::try_from(p.generation + 1).unwrap_or(i64::MAX))
+                    .bind(p.successor_hash.to_vec())
+                    .bind(p.hash.to_vec())
+                    .bind(now.as_millis())
+                    .bind(now.as_millis())
+                    .bind(idle.as_millis())
+                    .bind(idle.as_millis())
+                    .bind(&sid)
+                    .execute(&mut *tx)
+                    .await?;
+                    tx.commit().await?;
+                    s.refresh = RefreshState {
+                        generation: p.generation + 1,
+                        hash: p.successor_hash,
+                        prev_hash: Some(p.hash),
+                        rotated_at: Some(now),
+                    };
+                    s.last_seen_at = now;
+                    s.idle_expires_at = idle;
+                    Ok(Rotation::Rotated(s))
+                }
+                RotationDecision::Grace => Ok(Rotation::Grace(s)),
+                RotationDecision::Reuse => {
+                    sqlx::query("DELETE FROM sessions WHERE id = ?")
+                        .bind(&sid)
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    Ok(Rotation::Reused)
+                }
+                RotationDecision::Invalid => Ok(Rotation::Invalid),
+            }
+        })
+        .await
+    }
+
+    async fn set_roles(&self, user: UserId, roles: &Roles) -> Result<(), StoreError> {
+        self.deadline(
+            sqlx::query("UPDATE sessions SET roles = ? WHERE user_id = ?")
+                .bind(roles.to_csv())
+                .bind(user.to_string())
+                .execute(&self.pool),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn sweep(&self, now: Timestamp) -> Result<u64, StoreError> {
+        let done = self
+            .deadline(
+                sqlx::query("DELETE FROM sessions WHERE expires_at <= ?")
+                    .bind(now.as_millis())
+                    .execute(&self.pool),
+            )
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        UserStore::ping(self).await
+    }
+}
