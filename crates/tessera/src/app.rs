@@ -91,7 +91,8 @@ fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
         use std::os::unix::fs::DirBuilderExt as _;
         b.mode(0o700);
     }
-    b.create(dir).with_context(|| format!("cannot create data_dir {}", dir.display()))
+    b.create(dir)
+        .with_context(|| format!("cannot create data_dir {}", dir.display()))
 }
 
 /// Takes the exclusive `serve` lock of a data directory, so two servers never share one
@@ -152,12 +153,19 @@ impl Application {
             }),
             shutting_down: Arc::new(AtomicBool::new(false)),
         };
-        Ok(Self { listener, state, shutdown_grace: settings.shutdown_grace, _lock: lock })
+        Ok(Self {
+            listener,
+            state,
+            shutdown_grace: settings.shutdown_grace,
+            _lock: lock,
+        })
     }
 
     /// The bound address (port 0 in tests becomes a real port here).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
     }
 
     /// The service, for tests that need to look behind the HTTP surface.
@@ -171,8 +179,16 @@ impl Application {
     }
 
     /// Serves until `stop` completes, then drains for at most `shutdown_grace`.
-    pub async fn run_until(self, stop: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let Self { listener, state, shutdown_grace, _lock } = self;
+    pub async fn run_until(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            shutdown_grace,
+            _lock,
+        } = self;
         let background = spawn_background(Arc::clone(&state.auth));
         let flag = Arc::clone(&state.shutting_down);
         let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);

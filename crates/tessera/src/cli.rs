@@ -110,7 +110,10 @@ impl Cli {
 fn read_password(from_stdin: bool) -> anyhow::Result<SecretString> {
     if from_stdin {
         let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line).context("cannot read standard input")?;
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("cannot read standard input")?;
         // Only the line ending is removed: passwords are used exactly as given.
         let pw = line.strip_suffix('\n').unwrap_or(&line);
         let pw = pw.strip_suffix('\r').unwrap_or(pw);
@@ -134,13 +137,20 @@ fn explain(e: AuthError) -> anyhow::Error {
 async fn user(cmd: UserCommand, settings: &Settings) -> anyhow::Result<()> {
     let auth = open_service(settings, Arc::new(SystemClock)).await?;
     match cmd {
-        UserCommand::Add { name, role, password_stdin } => {
+        UserCommand::Add {
+            name,
+            role,
+            password_stdin,
+        } => {
             let pw = read_password(password_stdin)?;
             let u = auth.create_user(&name, pw, &role).await.map_err(explain)?;
             println!("created user {} ({})", u.username, u.id);
         }
         UserCommand::List => {
-            println!("{:<32} {:<36} {:<20} {:<8} created", "username", "id", "roles", "state");
+            println!(
+                "{:<32} {:<36} {:<20} {:<8} created",
+                "username", "id", "roles", "state"
+            );
             for u in auth.list_users().await.map_err(explain)? {
                 println!(
                     "{:<32} {:<36} {:<20} {:<8} {}",
@@ -152,21 +162,33 @@ async fn user(cmd: UserCommand, settings: &Settings) -> anyhow::Result<()> {
                 );
             }
         }
-        UserCommand::Passwd { name, password_stdin } => {
+        UserCommand::Passwd {
+            name,
+            password_stdin,
+        } => {
             let u = auth.find_user(&name).await.map_err(explain)?;
             let pw = read_password(password_stdin)?;
             auth.reset_password(u.id, pw).await.map_err(explain)?;
-            println!("password of {} changed; their sessions are revoked", u.username);
+            println!(
+                "password of {} changed; their sessions are revoked",
+                u.username
+            );
         }
         UserCommand::Disable { name } => {
             let u = auth.find_user(&name).await.map_err(explain)?;
-            let patch = UserPatch { disabled: Some(true), roles: None };
+            let patch = UserPatch {
+                disabled: Some(true),
+                roles: None,
+            };
             auth.update_user(u.id, patch).await.map_err(explain)?;
             println!("disabled {}; their sessions are revoked", u.username);
         }
         UserCommand::Enable { name } => {
             let u = auth.find_user(&name).await.map_err(explain)?;
-            let patch = UserPatch { disabled: Some(false), roles: None };
+            let patch = UserPatch {
+                disabled: Some(false),
+                roles: None,
+            };
             auth.update_user(u.id, patch).await.map_err(explain)?;
             println!("enabled {}", u.username);
         }
@@ -188,8 +210,18 @@ async fn keys(cmd: KeysCommand, settings: &Settings) -> anyhow::Result<()> {
     }
     let ring = auth.key_ring().await.map_err(explain)?;
     for k in ring.iter().flat_map(|r| r.keys.iter().rev()) {
-        let state = if k.retired_at.is_none() { "active" } else { "retired" };
-        println!("{} {} {} {}", k.kid, k.alg, state, Timestamp::from_millis(k.created_at));
+        let state = if k.retired_at.is_none() {
+            "active"
+        } else {
+            "retired"
+        };
+        println!(
+            "{} {} {} {}",
+            k.kid,
+            k.alg,
+            state,
+            Timestamp::from_millis(k.created_at)
+        );
     }
     Ok(())
 }

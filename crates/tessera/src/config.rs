@@ -191,7 +191,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration (e.g. 900, 15m, 1h)"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 900, 15m, 1h)"))?;
     let secs = |m: u64| n.checked_mul(m).map(Duration::from_secs);
     match unit {
         "" | "s" => secs(1),
@@ -218,7 +220,9 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 }
 
 fn signing_alg<'de, D: Deserializer<'de>>(d: D) -> Result<SigningAlg, D::Error> {
-    String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+    String::deserialize(d)?
+        .parse()
+        .map_err(serde::de::Error::custom)
 }
 
 /// A list: an array (TOML) or a comma-separated string (flags, environment).
@@ -235,12 +239,20 @@ where
         Many(Vec<String>),
     }
     let items = match Raw::deserialize(d)? {
-        Raw::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+        Raw::One(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
         Raw::Many(v) => v,
     };
     items
         .iter()
-        .map(|s| s.parse::<T>().map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}"))))
+        .map(|s| {
+            s.parse::<T>()
+                .map_err(|e| serde::de::Error::custom(format!("{s:?}: {e}")))
+        })
         .collect()
 }
 
@@ -363,12 +375,17 @@ impl Settings {
     ) -> Result<Self, ConfigError> {
         let env: Vec<(String, String)> = env.into_iter().collect();
         let config_path = args.config.clone().or_else(|| {
-            env.iter().find(|(k, _)| k == "TESSERA_CONFIG").map(|(_, v)| PathBuf::from(v))
+            env.iter()
+                .find(|(k, _)| k == "TESSERA_CONFIG")
+                .map(|(_, v)| PathBuf::from(v))
         });
         let mut fig = Figment::new();
         match &config_path {
             Some(p) if !p.exists() => {
-                return Err(ConfigError(format!("config file {} does not exist", p.display())));
+                return Err(ConfigError(format!(
+                    "config file {} does not exist",
+                    p.display()
+                )));
             }
             Some(p) => fig = fig.merge(Toml::file_exact(p)),
             None if Path::new("tessera.toml").exists() => {
@@ -387,12 +404,18 @@ impl Settings {
         }
         // Environment values stay strings; the field deserializers parse them, so errors say
         // what was wrong with the text a person typed.
-        fig = fig.merge(Layer { name: ENV_SOURCE, dict: env_dict });
+        fig = fig.merge(Layer {
+            name: ENV_SOURCE,
+            dict: env_dict,
+        });
         let flags = match figment::value::Value::serialize(args) {
             Ok(figment::value::Value::Dict(_, d)) => d,
             _ => figment::value::Dict::new(),
         };
-        fig = fig.merge(Layer { name: FLAG_SOURCE, dict: flags });
+        fig = fig.merge(Layer {
+            name: FLAG_SOURCE,
+            dict: flags,
+        });
         let settings: Settings = fig.extract_lossy().map_err(|e| {
             let msgs: Vec<String> = e
                 .into_iter()
@@ -403,7 +426,12 @@ impl Settings {
                             format!("environment variable TESSERA_{}", key.to_ascii_uppercase())
                         }
                         Some(FLAG_SOURCE) => format!("flag --{}", key.replace('_', "-")),
-                        Some(other) => other.to_owned(),
+                        Some(other) => {
+                            match err.metadata.as_ref().and_then(|m| m.source.as_ref()) {
+                                Some(src) => format!("{other} {src}"),
+                                None => other.to_owned(),
+                            }
+                        }
                         None => "defaults".into(),
                     };
                     format!("{key}: {} (from {source})", err.kind)
@@ -427,7 +455,10 @@ impl Settings {
             return bad("session_idle_timeout/session_lifetime", "must be positive");
         }
         if self.login_max_failures == 0 || self.login_ip_max_failures == 0 {
-            return bad("login_max_failures/login_ip_max_failures", "must be at least 1");
+            return bad(
+                "login_max_failures/login_ip_max_failures",
+                "must be at least 1",
+            );
         }
         if self.store_timeout.is_zero() {
             return bad("store_timeout", "must be positive");
@@ -437,21 +468,28 @@ impl Settings {
         }
         if let Some(url) = &self.public_url {
             let ok = (url.starts_with("http://") || url.starts_with("https://"))
-                && url.split_once("://").is_some_and(|(_, rest)| !rest.is_empty());
+                && url
+                    .split_once("://")
+                    .is_some_and(|(_, rest)| !rest.is_empty());
             if !ok {
                 return bad("public_url", "must be an http:// or https:// URL");
             }
         }
-        if let Some(url) = &self.database_url {
-            if !url.starts_with("sqlite:") {
-                return bad(
-                    "database_url",
-                    "only sqlite:// URLs are supported in this build (PostgreSQL comes with scale-out)",
-                );
-            }
+        if self
+            .database_url
+            .as_ref()
+            .is_some_and(|url| !url.starts_with("sqlite:"))
+        {
+            return bad(
+                "database_url",
+                "only sqlite:// URLs are supported in this build (PostgreSQL comes with scale-out)",
+            );
         }
         if self.redis_url.is_some() {
-            return bad("redis_url", "Redis is not supported in this build yet (scale-out issue)");
+            return bad(
+                "redis_url",
+                "Redis is not supported in this build yet (scale-out issue)",
+            );
         }
         Ok(())
     }
@@ -503,7 +541,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
     }
 
     #[test]
@@ -521,7 +562,8 @@ mod tests {
 
     #[test]
     fn defaults_match_the_contract() {
-        let s = Settings::load(&SettingsArgs::default(), env(&[])).unwrap_or_else(|e| panic!("{e}"));
+        let s =
+            Settings::load(&SettingsArgs::default(), env(&[])).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.access_token_ttl, Duration::from_secs(900));
         assert_eq!(s.max_sessions_per_user, 10);
@@ -533,7 +575,10 @@ mod tests {
 
     #[test]
     fn flags_beat_environment_and_lists_split_on_commas() {
-        let args = SettingsArgs { access_token_ttl: Some("5m".into()), ..Default::default() };
+        let args = SettingsArgs {
+            access_token_ttl: Some("5m".into()),
+            ..Default::default()
+        };
         let s = Settings::load(
             &args,
             env(&[
@@ -551,14 +596,23 @@ mod tests {
 
     #[test]
     fn an_invalid_value_names_the_key_and_the_source() {
-        let e = Settings::load(&SettingsArgs::default(), env(&[("TESSERA_SESSION_LIFETIME", "soon")]))
+        let e = Settings::load(
+            &SettingsArgs::default(),
+            env(&[("TESSERA_SESSION_LIFETIME", "soon")]),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(e.contains("session_lifetime"), "{e}");
+        assert!(e.contains("TESSERA_SESSION_LIFETIME"), "{e}");
+        let args = SettingsArgs {
+            max_sessions_per_user: Some(0),
+            ..Default::default()
+        };
+        let e = Settings::load(&args, env(&[]))
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(e.contains("session_lifetime"), "{e}");
-        assert!(e.contains("TESSERA_SESSION_LIFETIME"), "{e}");
-        let args = SettingsArgs { max_sessions_per_user: Some(0), ..Default::default() };
-        let e = Settings::load(&args, env(&[])).err().map(|e| e.to_string()).unwrap_or_default();
         assert!(e.contains("max_sessions_per_user"), "{e}");
     }
 }

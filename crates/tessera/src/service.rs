@@ -261,7 +261,12 @@ impl Auth {
         let now = clock.now();
         let fresh = KeyRing::generate(policy.signing_alg, now)?;
         let mut ring = key_store.init(&fresh).await?;
-        let active_alg = ring.keys.iter().rev().find(|k| k.retired_at.is_none()).map(|k| k.alg);
+        let active_alg = ring
+            .keys
+            .iter()
+            .rev()
+            .find(|k| k.retired_at.is_none())
+            .map(|k| k.alg);
         if active_alg != Some(policy.signing_alg) {
             // The configured algorithm changed: switch, keeping old keys for their tokens.
             ring.rotate(policy.signing_alg, now, policy.key_retention())?;
@@ -292,7 +297,12 @@ impl Auth {
 
     /// The current verification keys.
     pub fn keys(&self) -> Arc<Keys> {
-        Arc::clone(&self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner))
+        Arc::clone(
+            &self
+                .keys
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// Re-reads the key ring (a rotation by the CLI or another instance) and drops retired keys
@@ -301,19 +311,33 @@ impl Auth {
         let Some(ring) = self.key_store.load().await? else {
             return Ok(());
         };
-        let keys = Keys::from_ring(&ring, &self.policy.tokens, self.now(), self.policy.key_retention())
-            .map_err(|e| AuthError::Unexpected(e.into()))?;
-        *self.keys.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
+        let keys = Keys::from_ring(
+            &ring,
+            &self.policy.tokens,
+            self.now(),
+            self.policy.key_retention(),
+        )
+        .map_err(|e| AuthError::Unexpected(e.into()))?;
+        *self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
         Ok(())
     }
 
     /// Retires the active signing key and makes a new one.
     pub async fn rotate_keys(&self) -> Result<String, AuthError> {
-        let mut ring = self.key_store.load().await?.ok_or_else(|| {
-            AuthError::Unexpected(anyhow::anyhow!("no key ring to rotate"))
-        })?;
-        ring.rotate(self.policy.signing_alg, self.now(), self.policy.key_retention())
-            .map_err(|e| AuthError::Unexpected(e.into()))?;
+        let mut ring = self
+            .key_store
+            .load()
+            .await?
+            .ok_or_else(|| AuthError::Unexpected(anyhow::anyhow!("no key ring to rotate")))?;
+        ring.rotate(
+            self.policy.signing_alg,
+            self.now(),
+            self.policy.key_retention(),
+        )
+        .map_err(|e| AuthError::Unexpected(e.into()))?;
         self.key_store.save(&ring).await?;
         self.reload_keys().await?;
         tracing::info!(target: "audit", event = "key_rotation", kid = %self.keys().active_kid());
@@ -358,7 +382,10 @@ impl Auth {
             None => None,
         };
         let too_long = password.expose_secret().len() > password::MAX_LEN * 4;
-        let stored = user.as_ref().filter(|_| !too_long).map(|u| u.password_hash.clone());
+        let stored = user
+            .as_ref()
+            .filter(|_| !too_long)
+            .map(|u| u.password_hash.clone());
         let verdict = self.hasher.verify(password.clone(), stored).await?;
         let user = match (user, verdict) {
             (Some(u), Verification::Match | Verification::MatchNeedsRehash) if !u.disabled => {
@@ -401,8 +428,12 @@ impl Auth {
     async fn record_failure(&self, keys: &ThrottleKeys) -> Result<(), AuthError> {
         let now = self.now();
         let p = &self.policy;
-        self.limits.hit(&keys.pair, p.login_failure_window, now).await?;
-        self.limits.hit(&keys.user_total, p.login_failure_window, now).await?;
+        self.limits
+            .hit(&keys.pair, p.login_failure_window, now)
+            .await?;
+        self.limits
+            .hit(&keys.user_total, p.login_failure_window, now)
+            .await?;
         if !keys.ip.is_empty() {
             self.limits.hit(&keys.ip, p.login_ip_window, now).await?;
         }
@@ -422,7 +453,9 @@ impl Auth {
         }
         .await;
         match result {
-            Ok(()) => tracing::info!(target: "audit", event = "password_rehashed", user = %user.username),
+            Ok(()) => {
+                tracing::info!(target: "audit", event = "password_rehashed", user = %user.username)
+            }
             Err(e) => tracing::warn!(error = %e, user = %user.username, "password rehash failed"),
         }
     }
@@ -438,7 +471,9 @@ impl Auth {
             roles: user.roles.clone(),
             created_at: now,
             last_seen_at: now,
-            idle_expires_at: now.plus(self.policy.idle_timeout).min(now.plus(self.policy.lifetime)),
+            idle_expires_at: now
+                .plus(self.policy.idle_timeout)
+                .min(now.plus(self.policy.lifetime)),
             absolute_expires_at: now.plus(self.policy.lifetime),
             user_agent: client.user_agent.as_deref().map(clip_user_agent),
             ip: client.ip.map(|ip| ip.to_string()),
@@ -473,9 +508,15 @@ impl Auth {
             iat: now.as_secs(),
             exp: now.plus(ttl).as_secs(),
             aud: self.policy.tokens.audience.clone(),
-            roles: session.roles.iter().map(|r| r.as_str().to_owned()).collect(),
+            roles: session
+                .roles
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect(),
         };
-        let access_token = keys.sign(&claims).map_err(|e| AuthError::Unexpected(e.into()))?;
+        let access_token = keys
+            .sign(&claims)
+            .map_err(|e| AuthError::Unexpected(e.into()))?;
         Ok(Issued {
             access_token,
             expires_in: ttl.as_secs(),
@@ -506,9 +547,13 @@ impl Auth {
             Rotation::Reused => {
                 tracing::warn!(target: "audit", event = "refresh_reuse", session = %token.session_id, user = %token.user_id);
                 self.profiles.invalidate(&token.user_id).await;
-                Err(AuthError::InvalidGrant("the refresh token was already used; the session is revoked"))
+                Err(AuthError::InvalidGrant(
+                    "the refresh token was already used; the session is revoked",
+                ))
             }
-            Rotation::Invalid => Err(AuthError::InvalidGrant("the refresh token is invalid or expired")),
+            Rotation::Invalid => Err(AuthError::InvalidGrant(
+                "the refresh token is invalid or expired",
+            )),
         }
     }
 
@@ -526,7 +571,11 @@ impl Auth {
             })?;
         let user = UserId::parse(&claims.sub).ok_or(AuthError::InvalidToken)?;
         let sid = SessionId::parse(&claims.sid).ok_or(AuthError::InvalidToken)?;
-        let session = self.sessions.get(user, sid, now).await?.ok_or(AuthError::InvalidToken)?;
+        let session = self
+            .sessions
+            .get(user, sid, now)
+            .await?
+            .ok_or(AuthError::InvalidToken)?;
         if session.needs_touch(now, self.policy.idle_timeout) {
             let idle = session.slid_idle_expiry(now, self.policy.idle_timeout);
             self.sessions.touch(user, sid, now, idle).await?;
@@ -539,8 +588,14 @@ impl Auth {
     /// Logs out: this session, the others, or all; returns how many were revoked.
     pub async fn logout(&self, who: &Principal, scope: LogoutScope) -> Result<u64, AuthError> {
         let n = match scope {
-            LogoutScope::Current => u64::from(self.sessions.revoke(who.user_id, who.session_id).await?),
-            LogoutScope::Others => self.sessions.revoke_all(who.user_id, Some(who.session_id)).await?,
+            LogoutScope::Current => {
+                u64::from(self.sessions.revoke(who.user_id, who.session_id).await?)
+            }
+            LogoutScope::Others => {
+                self.sessions
+                    .revoke_all(who.user_id, Some(who.session_id))
+                    .await?
+            }
             LogoutScope::All => self.sessions.revoke_all(who.user_id, None).await?,
         };
         tracing::info!(target: "audit", event = "logout", user = %who.username, scope = ?scope, revoked = n);
@@ -579,7 +634,11 @@ impl Auth {
         if let Some(hit) = self.profiles.get(&who.user_id).await {
             return Ok(hit);
         }
-        let user = self.users.by_id(who.user_id).await?.ok_or(AuthError::InvalidToken)?;
+        let user = self
+            .users
+            .by_id(who.user_id)
+            .await?
+            .ok_or(AuthError::InvalidToken)?;
         let entry = (Arc::new(Profile::from(&user)), self.now());
         self.profiles.insert(who.user_id, entry.clone()).await;
         Ok(entry)
@@ -594,12 +653,17 @@ impl Auth {
         new: SecretString,
         client: &ClientInfo,
     ) -> Result<(), AuthError> {
-        let user = match self.check_password(who.username.as_str(), current, client).await {
+        let user = match self
+            .check_password(who.username.as_str(), current, client)
+            .await
+        {
             Err(AuthError::InvalidCredentials) => return Err(AuthError::WrongPassword),
             other => other?,
         };
         self.set_password(user, new).await?;
-        self.sessions.revoke_all(who.user_id, Some(who.session_id)).await?;
+        self.sessions
+            .revoke_all(who.user_id, Some(who.session_id))
+            .await?;
         Ok(())
     }
 
@@ -644,7 +708,11 @@ impl Auth {
     }
 
     /// Self-service registration, when enabled.
-    pub async fn register(&self, username: &str, password: SecretString) -> Result<User, AuthError> {
+    pub async fn register(
+        &self,
+        username: &str,
+        password: SecretString,
+    ) -> Result<User, AuthError> {
         if !self.policy.allow_registration {
             return Err(AuthError::Forbidden("registration is closed"));
         }
@@ -659,12 +727,18 @@ impl Auth {
     /// A user by name.
     pub async fn find_user(&self, username: &str) -> Result<User, AuthError> {
         let name = Username::parse(username).map_err(|_| AuthError::NotFound("no such user"))?;
-        self.users.by_username(&name).await?.ok_or(AuthError::NotFound("no such user"))
+        self.users
+            .by_username(&name)
+            .await?
+            .ok_or(AuthError::NotFound("no such user"))
     }
 
     /// A user by id.
     pub async fn user(&self, id: UserId) -> Result<User, AuthError> {
-        self.users.by_id(id).await?.ok_or(AuthError::NotFound("no such user"))
+        self.users
+            .by_id(id)
+            .await?
+            .ok_or(AuthError::NotFound("no such user"))
     }
 
     /// Applies an admin change; disabling revokes every session of the user.
@@ -719,7 +793,11 @@ impl Auth {
 }
 
 fn parse_roles(raw: &[String]) -> Result<Roles, InvalidRole> {
-    Ok(Roles::new(raw.iter().map(|r| Role::parse(r)).collect::<Result<_, _>>()?))
+    Ok(Roles::new(
+        raw.iter()
+            .map(|r| Role::parse(r))
+            .collect::<Result<_, _>>()?,
+    ))
 }
 
 /// The three throttling counters of one login attempt (API.md §5): per (username, IP), per
@@ -741,7 +819,11 @@ impl ThrottleKeys {
         Self {
             pair: format!("login:pair:{user}|{ip}"),
             user_total: format!("login:user:{user}"),
-            ip: if ip.is_empty() { String::new() } else { format!("login:ip:{ip}") },
+            ip: if ip.is_empty() {
+                String::new()
+            } else {
+                format!("login:ip:{ip}")
+            },
             user,
         }
     }

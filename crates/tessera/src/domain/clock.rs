@@ -34,12 +34,18 @@ impl Timestamp {
 
     /// `self + d`, saturating instead of overflowing on absurd durations from config.
     pub fn plus(self, d: Duration) -> Self {
-        Self(self.0.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        Self(
+            self.0
+                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
     }
 
     /// `self - d`, saturating.
     pub fn minus(self, d: Duration) -> Self {
-        Self(self.0.saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        Self(
+            self.0
+                .saturating_sub(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
     }
 
     /// The time from `self` until `later`, zero when `later` is not later.
@@ -133,6 +139,9 @@ mod tests {
     fn until_is_zero_for_the_past() {
         let t = Timestamp::from_millis(10_000);
         assert_eq!(t.until(Timestamp::from_millis(5_000)), Duration::ZERO);
-        assert_eq!(t.until(Timestamp::from_millis(12_500)), Duration::from_millis(2_500));
+        assert_eq!(
+            t.until(Timestamp::from_millis(12_500)),
+            Duration::from_millis(2_500)
+        );
     }
 }

@@ -52,7 +52,9 @@ impl std::str::FromStr for SigningAlg {
         match s {
             "EdDSA" | "eddsa" | "Ed25519" => Ok(Self::EdDSA),
             "HS256" | "hs256" => Ok(Self::HS256),
-            _ => Err(format!("unknown signing algorithm {s:?}; expected EdDSA or HS256")),
+            _ => Err(format!(
+                "unknown signing algorithm {s:?}; expected EdDSA or HS256"
+            )),
         }
     }
 }
@@ -115,7 +117,13 @@ impl StoredKey {
         };
         let mut id = [0u8; 12];
         fill_random(&mut id);
-        Ok(Self { kid: b64(&id), alg, created_at: now.as_millis(), retired_at: None, private })
+        Ok(Self {
+            kid: b64(&id),
+            alg,
+            created_at: now.as_millis(),
+            retired_at: None,
+            private,
+        })
     }
 
     fn private_bytes(&self) -> Result<Vec<u8>, KeyError> {
@@ -131,7 +139,10 @@ impl KeyRing {
     pub fn generate(alg: SigningAlg, now: Timestamp) -> Result<Self, KeyError> {
         let mut mac = [0u8; 32];
         fill_random(&mut mac);
-        Ok(Self { keys: vec![StoredKey::generate(alg, now)?], mac_key: b64(&mac) })
+        Ok(Self {
+            keys: vec![StoredKey::generate(alg, now)?],
+            mac_key: b64(&mac),
+        })
     }
 
     /// Retires the active key and adds a new one; drops retired keys whose tokens have all
@@ -146,7 +157,8 @@ impl KeyRing {
             k.retired_at.get_or_insert(now.as_millis());
         }
         let cutoff = now.minus(keep_for).as_millis();
-        self.keys.retain(|k| k.retired_at.is_none_or(|r| r > cutoff));
+        self.keys
+            .retain(|k| k.retired_at.is_none_or(|r| r > cutoff));
         self.keys.push(StoredKey::generate(alg, now)?);
         Ok(())
     }
@@ -266,11 +278,15 @@ impl Keys {
                         "kty": "OKP", "crv": "Ed25519", "x": b64(&public),
                         "kid": k.kid, "alg": "EdDSA", "use": "sig",
                     }));
-                    (EncodingKey::from_ed_der(&bytes), DecodingKey::from_ed_der(&public))
+                    (
+                        EncodingKey::from_ed_der(&bytes),
+                        DecodingKey::from_ed_der(&public),
+                    )
                 }
-                SigningAlg::HS256 => {
-                    (EncodingKey::from_secret(&bytes), DecodingKey::from_secret(&bytes))
-                }
+                SigningAlg::HS256 => (
+                    EncodingKey::from_secret(&bytes),
+                    DecodingKey::from_secret(&bytes),
+                ),
             };
             if k.kid == active.kid {
                 encoding = Some(enc);
@@ -285,7 +301,14 @@ impl Keys {
                 Some(aud) => validation.set_audience(&[aud]),
                 None => validation.validate_aud = false,
             }
-            verifying.insert(k.kid.clone(), VerifyKey { alg: k.alg, key: dec, validation });
+            verifying.insert(
+                k.kid.clone(),
+                VerifyKey {
+                    alg: k.alg,
+                    key: dec,
+                    validation,
+                },
+            );
         }
         Ok(Self {
             active_kid: active.kid.clone(),
@@ -339,8 +362,7 @@ impl Keys {
         let claims = data.claims;
         let now_s = now.as_secs();
         let leeway = i64::try_from(leeway.as_secs()).unwrap_or(i64::MAX);
-        if now_s >= claims.exp.saturating_add(leeway) || claims.iat > now_s.saturating_add(leeway)
-        {
+        if now_s >= claims.exp.saturating_add(leeway) || claims.iat > now_s.saturating_add(leeway) {
             return Err(TokenError::Expired);
         }
         Ok(claims)
@@ -393,7 +415,10 @@ mod tests {
             let t = k.sign(&claims(now)).unwrap_or_default();
             assert_eq!(k.verify(&t, now, Duration::ZERO), Ok(claims(now)));
             let at_exp = now.plus(Duration::from_secs(900));
-            assert_eq!(k.verify(&t, at_exp, Duration::ZERO), Err(TokenError::Expired));
+            assert_eq!(
+                k.verify(&t, at_exp, Duration::ZERO),
+                Err(TokenError::Expired)
+            );
             assert!(k.verify(&t, at_exp, Duration::from_secs(5)).is_ok());
         }
     }
@@ -401,7 +426,9 @@ mod tests {
     #[test]
     fn a_token_from_another_ring_is_refused() {
         let now = Timestamp::from_millis(1_700_000_000_000);
-        let t = keys(SigningAlg::EdDSA, now).sign(&claims(now)).unwrap_or_default();
+        let t = keys(SigningAlg::EdDSA, now)
+            .sign(&claims(now))
+            .unwrap_or_default();
         assert_eq!(
             keys(SigningAlg::EdDSA, now).verify(&t, now, Duration::ZERO),
             Err(TokenError::UnknownKey)
@@ -415,13 +442,15 @@ mod tests {
         let mut ring = KeyRing::generate(SigningAlg::EdDSA, now).unwrap_or_else(|e| panic!("{e}"));
         let old = Keys::from_ring(&ring, &settings(), now, ttl).unwrap_or_else(|e| panic!("{e}"));
         let t = old.sign(&claims(now)).unwrap_or_default();
-        ring.rotate(SigningAlg::EdDSA, now, ttl).unwrap_or_else(|e| panic!("{e}"));
+        ring.rotate(SigningAlg::EdDSA, now, ttl)
+            .unwrap_or_else(|e| panic!("{e}"));
         let new = Keys::from_ring(&ring, &settings(), now, ttl).unwrap_or_else(|e| panic!("{e}"));
         assert_ne!(new.active_kid(), old.active_kid());
         assert!(new.verify(&t, now, Duration::ZERO).is_ok());
         assert_eq!(new.jwks()["keys"].as_array().map(Vec::len), Some(2));
         let later = now.plus(ttl + Duration::from_secs(1));
-        let pruned = Keys::from_ring(&ring, &settings(), later, ttl).unwrap_or_else(|e| panic!("{e}"));
+        let pruned =
+            Keys::from_ring(&ring, &settings(), later, ttl).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(pruned.jwks()["keys"].as_array().map(Vec::len), Some(1));
     }
 }

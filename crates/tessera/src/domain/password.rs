@@ -22,8 +22,11 @@ pub const MIN_LEN: usize = 8;
 pub const MAX_LEN: usize = 128;
 
 /// The bundled list of common passwords (the zxcvbn list, entries of 8+ characters; MIT).
-static COMMON: LazyLock<HashSet<&'static str>> =
-    LazyLock::new(|| include_str!("../../data/common-passwords.txt").lines().collect());
+static COMMON: LazyLock<HashSet<&'static str>> = LazyLock::new(|| {
+    include_str!("../../data/common-passwords.txt")
+        .lines()
+        .collect()
+});
 
 /// Why a new password was refused; every variant is a `422 weak_password`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -198,7 +201,10 @@ fn verify_argon2(password: &[u8], hash: &str, current: &Params) -> Verification 
     let Ok(parsed) = PasswordHash::new(hash) else {
         return Verification::Mismatch;
     };
-    if Argon2::default().verify_password(password, &parsed).is_err() {
+    if Argon2::default()
+        .verify_password(password, &parsed)
+        .is_err()
+    {
         return Verification::Mismatch;
     }
     let outdated = parsed.algorithm.as_str() != "argon2id"
@@ -224,18 +230,30 @@ mod tests {
 
     #[test]
     fn policy_counts_code_points_not_bytes() {
-        assert_eq!(check_policy("ééééééé", &user()), Err(WeakPassword::TooShort));
+        assert_eq!(
+            check_policy("ééééééé", &user()),
+            Err(WeakPassword::TooShort)
+        );
         assert_eq!(check_policy("éééééééé", &user()), Ok(()));
-        assert_eq!(check_policy(&"é".repeat(129), &user()), Err(WeakPassword::TooLong));
+        assert_eq!(
+            check_policy(&"é".repeat(129), &user()),
+            Err(WeakPassword::TooLong)
+        );
         assert_eq!(check_policy(&"x7".repeat(64), &user()), Ok(()));
     }
 
     #[test]
     fn policy_refuses_common_passwords_case_insensitively_and_the_username() {
-        assert_eq!(check_policy("Password1", &user()), Err(WeakPassword::Common));
+        assert_eq!(
+            check_policy("Password1", &user()),
+            Err(WeakPassword::Common)
+        );
         assert_eq!(check_policy("12345678", &user()), Err(WeakPassword::Common));
         let long_name = Username::parse("alice.long").unwrap_or_else(|_| unreachable!());
-        assert_eq!(check_policy("Alice.Long", &long_name), Err(WeakPassword::IsUsername));
+        assert_eq!(
+            check_policy("Alice.Long", &long_name),
+            Err(WeakPassword::IsUsername)
+        );
         assert!(COMMON.len() >= 10_000);
     }
 
@@ -254,7 +272,10 @@ mod tests {
         let h = cheap();
         let hash = h.hash("a fine secret".into()).await.unwrap_or_default();
         assert!(hash.starts_with("$argon2id$"));
-        let ok = h.verify("a fine secret".into(), Some(hash.clone())).await.ok();
+        let ok = h
+            .verify("a fine secret".into(), Some(hash.clone()))
+            .await
+            .ok();
         assert_eq!(ok, Some(Verification::Match));
         let bad = h.verify("a fine secreT".into(), Some(hash)).await.ok();
         assert_eq!(bad, Some(Verification::Mismatch));
@@ -264,7 +285,10 @@ mod tests {
     async fn bcrypt_verifies_and_asks_for_a_rehash() {
         let h = cheap();
         let legacy = bcrypt::hash("legacy password", 4).unwrap_or_default();
-        let ok = h.verify("legacy password".into(), Some(legacy.clone())).await.ok();
+        let ok = h
+            .verify("legacy password".into(), Some(legacy.clone()))
+            .await
+            .ok();
         assert_eq!(ok, Some(Verification::MatchNeedsRehash));
         let bad = h.verify("legacy passworD".into(), Some(legacy)).await.ok();
         assert_eq!(bad, Some(Verification::Mismatch));
@@ -273,7 +297,9 @@ mod tests {
     #[tokio::test]
     async fn weaker_argon2_parameters_ask_for_a_rehash() {
         let weak = Params::new(512, 1, 1, None).unwrap_or_else(|_| unreachable!());
-        let old = Argon2::from(weak).hash_password(b"some password").map(|h| h.to_string());
+        let old = Argon2::from(weak)
+            .hash_password(b"some password")
+            .map(|h| h.to_string());
         let h = cheap();
         let got = h.verify("some password".into(), old.ok()).await.ok();
         assert_eq!(got, Some(Verification::MatchNeedsRehash));
@@ -282,7 +308,10 @@ mod tests {
     #[tokio::test]
     async fn unknown_user_and_garbage_hashes_never_match() {
         let h = cheap();
-        assert_eq!(h.verify("x".into(), None).await.ok(), Some(Verification::Mismatch));
+        assert_eq!(
+            h.verify("x".into(), None).await.ok(),
+            Some(Verification::Mismatch)
+        );
         let junk = h.verify("x".into(), Some("not a hash".into())).await.ok();
         assert_eq!(junk, Some(Verification::Mismatch));
     }
@@ -291,6 +320,9 @@ mod tests {
     async fn a_full_queue_is_refused_instead_of_growing() {
         let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
         let h = PasswordHasher::new(params, 1, 0).unwrap_or_else(|_| unreachable!());
-        assert!(matches!(h.hash("whatever password".into()).await, Err(HashError::Overloaded)));
+        assert!(matches!(
+            h.hash("whatever password".into()).await,
+            Err(HashError::Overloaded)
+        ));
     }
 }

@@ -44,7 +44,12 @@ impl std::fmt::Debug for RefreshToken {
 impl RefreshToken {
     /// The first token of a new session.
     pub fn first(user_id: UserId, session_id: SessionId) -> Self {
-        Self { user_id, session_id, generation: 0, secret: random_32() }
+        Self {
+            user_id,
+            session_id,
+            generation: 0,
+            secret: random_32(),
+        }
     }
 
     /// The successor of this token: deterministic under `key`, so a retried refresh gets the
@@ -99,7 +104,12 @@ impl RefreshToken {
         if parts.next().is_some() {
             return None;
         }
-        Some(Self { user_id, session_id, generation, secret })
+        Some(Self {
+            user_id,
+            session_id,
+            generation,
+            secret,
+        })
     }
 }
 

@@ -33,7 +33,8 @@ pub fn sha256(data: &[u8]) -> [u8; 32] {
 /// same key never produces the same MAC for two purposes.
 pub fn hmac(key: &[u8], label: &str, parts: &[&[u8]]) -> [u8; 32] {
     #[allow(clippy::expect_used)]
-    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+    let mut mac =
+        <Hmac<Sha256> as KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
     mac.update(label.as_bytes());
     for p in parts {
         // Length-prefix each part so ("ab","c") and ("a","bc") differ.

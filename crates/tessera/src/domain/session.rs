@@ -156,7 +156,9 @@ impl RefreshState {
             }
         } else if generation.checked_add(1) == Some(self.generation)
             && self.prev_hash.is_some_and(|p| ct_eq(hash, &p))
-            && self.rotated_at.is_some_and(|r| now < r.plus(grace) || now == r)
+            && self
+                .rotated_at
+                .is_some_and(|r| now < r.plus(grace) || now == r)
         {
             RotationDecision::Grace
         } else if generation < self.generation {
@@ -185,12 +187,30 @@ mod tests {
         let grace = Duration::from_secs(10);
         let s = state();
         let t = Timestamp::from_millis;
-        assert_eq!(s.decide(3, &[3; 32], t(11_000), grace), RotationDecision::Rotate);
-        assert_eq!(s.decide(2, &[2; 32], t(19_999), grace), RotationDecision::Grace);
-        assert_eq!(s.decide(2, &[2; 32], t(20_000), grace), RotationDecision::Reuse);
-        assert_eq!(s.decide(1, &[1; 32], t(11_000), grace), RotationDecision::Reuse);
-        assert_eq!(s.decide(3, &[9; 32], t(11_000), grace), RotationDecision::Invalid);
-        assert_eq!(s.decide(4, &[4; 32], t(11_000), grace), RotationDecision::Invalid);
+        assert_eq!(
+            s.decide(3, &[3; 32], t(11_000), grace),
+            RotationDecision::Rotate
+        );
+        assert_eq!(
+            s.decide(2, &[2; 32], t(19_999), grace),
+            RotationDecision::Grace
+        );
+        assert_eq!(
+            s.decide(2, &[2; 32], t(20_000), grace),
+            RotationDecision::Reuse
+        );
+        assert_eq!(
+            s.decide(1, &[1; 32], t(11_000), grace),
+            RotationDecision::Reuse
+        );
+        assert_eq!(
+            s.decide(3, &[9; 32], t(11_000), grace),
+            RotationDecision::Invalid
+        );
+        assert_eq!(
+            s.decide(4, &[4; 32], t(11_000), grace),
+            RotationDecision::Invalid
+        );
     }
 
     #[test]

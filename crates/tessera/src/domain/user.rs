@@ -182,7 +182,10 @@ mod tests {
 
     #[test]
     fn usernames_are_lowercased_and_never_trimmed() {
-        assert_eq!(Username::parse("Alice.B@x-y_z").map(|u| u.0), Ok("alice.b@x-y_z".into()));
+        assert_eq!(
+            Username::parse("Alice.B@x-y_z").map(|u| u.0),
+            Ok("alice.b@x-y_z".into())
+        );
         assert!(Username::parse(" alice").is_err());
         assert!(Username::parse("").is_err());
         assert!(Username::parse(&"a".repeat(65)).is_err());

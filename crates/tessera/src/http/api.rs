@@ -1,6 +1,5 @@
 //! JSON routes (API.md §2).
 
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -9,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{Admin, Authenticated, Client, Form, Json, Query};
+use super::extract::{Admin, Authenticated, Body, Client, Form, Json, Query};
 use crate::domain::clock::Timestamp;
 use crate::domain::session::SessionId;
 use crate::domain::user::{Roles, User, UserId, Username};
@@ -53,10 +52,12 @@ pub async fn login(
     State(state): State<AppState>,
     Client(client): Client,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Response, ApiError> {
     if !is_content_type(&headers, "application/json") {
-        return Err(ApiError::unsupported_media_type("JSON (Content-Type: application/json)"));
+        return Err(ApiError::unsupported_media_type(
+            "JSON (Content-Type: application/json)",
+        ));
     }
     let req: LoginRequest = serde_json::from_slice(&body).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
@@ -68,8 +69,16 @@ pub async fn login(
             )
         }
     })?;
-    let issued = state.auth.login(&req.username, req.password, &client).await?;
-    let Issued { access_token, expires_in, refresh_token, .. } = issued;
+    let issued = state
+        .auth
+        .login(&req.username, req.password, &client)
+        .await?;
+    let Issued {
+        access_token,
+        expires_in,
+        refresh_token,
+        ..
+    } = issued;
     Ok(no_store(
         Json(LoginResponse {
             token: access_token.clone(),
@@ -110,18 +119,26 @@ pub async fn token(
     let issued = match req.grant_type.as_deref() {
         Some("password") => {
             let (Some(username), Some(password)) = (req.username, req.password) else {
-                return Err(invalid_request("the password grant needs username and password"));
+                return Err(invalid_request(
+                    "the password grant needs username and password",
+                ));
             };
-            state.auth.login(&username, password, &client).await.map_err(|e| match e {
-                AuthError::InvalidCredentials => {
-                    AuthError::InvalidGrant("invalid username or password")
-                }
-                other => other,
-            })?
+            state
+                .auth
+                .login(&username, password, &client)
+                .await
+                .map_err(|e| match e {
+                    AuthError::InvalidCredentials => {
+                        AuthError::InvalidGrant("invalid username or password")
+                    }
+                    other => other,
+                })?
         }
         Some("refresh_token") => {
             let Some(rt) = req.refresh_token else {
-                return Err(invalid_request("the refresh_token grant needs refresh_token"));
+                return Err(invalid_request(
+                    "the refresh_token grant needs refresh_token",
+                ));
             };
             state.auth.refresh(&rt).await?
         }
@@ -197,12 +214,14 @@ pub async fn logout(
     Authenticated(who): Authenticated,
     Query(query): Query<LogoutParams>,
     headers: HeaderMap,
-    body: Bytes,
+    Body(body): Body,
 ) -> Result<Json<LogoutResponse>, ApiError> {
     let mut scope = query.scope;
     if !body.is_empty() {
         if !is_content_type(&headers, "application/json") {
-            return Err(ApiError::unsupported_media_type("JSON (Content-Type: application/json)"));
+            return Err(ApiError::unsupported_media_type(
+                "JSON (Content-Type: application/json)",
+            ));
         }
         let params: LogoutParams = serde_json::from_slice(&body).map_err(|_| {
             ApiError::bad_request(
@@ -213,7 +232,10 @@ pub async fn logout(
         scope = params.scope.or(scope);
     }
     let revoked = state.auth.logout(&who, scope.unwrap_or_default()).await?;
-    Ok(Json(LogoutResponse { detail: "logged out", revoked }))
+    Ok(Json(LogoutResponse {
+        detail: "logged out",
+        revoked,
+    }))
 }
 
 /// `GET /verify`: forward-auth. 200 with identity headers, 401 otherwise, never a redirect.
@@ -265,7 +287,9 @@ pub async fn sessions(
             ip: s.ip,
         })
         .collect();
-    Ok(no_store(Json(SessionsResponse { sessions }).into_response()))
+    Ok(no_store(
+        Json(SessionsResponse { sessions }).into_response(),
+    ))
 }
 
 /// `DELETE /sessions/{id}`: revokes one of the caller's sessions.
@@ -294,7 +318,10 @@ pub async fn change_password(
     Client(client): Client,
     Json(req): Json<PasswordRequest>,
 ) -> Result<StatusCode, ApiError> {
-    state.auth.change_password(&who, req.current_password, req.new_password, &client).await?;
+    state
+        .auth
+        .change_password(&who, req.current_password, req.new_password, &client)
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -351,7 +378,9 @@ pub async fn admin_list(
     _: Admin,
 ) -> Result<Json<UsersResponse>, ApiError> {
     let users = state.auth.list_users().await?;
-    Ok(Json(UsersResponse { users: users.iter().map(UserResponse::from).collect() }))
+    Ok(Json(UsersResponse {
+        users: users.iter().map(UserResponse::from).collect(),
+    }))
 }
 
 /// `POST /admin/users` body.
@@ -370,7 +399,10 @@ pub async fn admin_create(
     Admin(admin): Admin,
     Json(req): Json<AdminCreateRequest>,
 ) -> Result<(StatusCode, Json<UserResponse>), ApiError> {
-    let user = state.auth.create_user(&req.username, req.password, &req.roles).await?;
+    let user = state
+        .auth
+        .create_user(&req.username, req.password, &req.roles)
+        .await?;
     tracing::info!(target: "audit", event = "admin_user_created", admin = %admin.username, user = %user.username);
     Ok((StatusCode::CREATED, Json(UserResponse::from(&user))))
 }
@@ -397,7 +429,10 @@ pub async fn admin_update(
     Json(req): Json<AdminPatchRequest>,
 ) -> Result<Json<UserResponse>, ApiError> {
     let id = user_id(&id)?;
-    let patch = UserPatch { disabled: req.disabled, roles: req.roles };
+    let patch = UserPatch {
+        disabled: req.disabled,
+        roles: req.roles,
+    };
     let user = state.auth.update_user(id, patch).await?;
     tracing::info!(target: "audit", event = "admin_user_updated", admin = %admin.username, user = %user.username);
     Ok(Json(UserResponse::from(&user)))
@@ -418,8 +453,10 @@ pub async fn admin_delete(
 /// `GET /.well-known/jwks.json`.
 pub async fn jwks(State(state): State<AppState>) -> Response {
     let mut res = axum::Json(state.auth.keys().jwks().clone()).into_response();
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=60"));
+    res.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=60"),
+    );
     res
 }
 
@@ -430,9 +467,16 @@ pub async fn healthz() -> Json<serde_json::Value> {
 
 /// `GET /readyz`: the stores answer and we are not shutting down.
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    if state.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
-        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", "the server is shutting down")
-            .into_response();
+    if state
+        .shutting_down
+        .load(std::sync::atomic::Ordering::SeqCst)
+    {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "the server is shutting down",
+        )
+        .into_response();
     }
     if state.auth.ready().await {
         Json(serde_json::json!({ "status": "ready" })).into_response()

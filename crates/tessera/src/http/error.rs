@@ -8,7 +8,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use axum::extract::rejection::{FormRejection, JsonRejection, QueryRejection};
+use axum::extract::rejection::{BytesRejection, FormRejection, JsonRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -37,7 +37,11 @@ struct Body<'a> {
 
 impl ApiError {
     /// A plain error.
-    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<Cow<'static, str>>) -> Self {
+    pub fn new(
+        status: StatusCode,
+        code: &'static str,
+        detail: impl Into<Cow<'static, str>>,
+    ) -> Self {
         Self {
             status,
             code,
@@ -124,7 +128,9 @@ impl From<AuthError> for ApiError {
             }
             AuthError::InvalidToken => Self::new(S::UNAUTHORIZED, "invalid_token", detail)
                 .with_challenge("Bearer error=\"invalid_token\""),
-            AuthError::InvalidGrant(_) => Self::new(S::BAD_REQUEST, "invalid_grant", detail).oauth(),
+            AuthError::InvalidGrant(_) => {
+                Self::new(S::BAD_REQUEST, "invalid_grant", detail).oauth()
+            }
             AuthError::RateLimited(wait) => {
                 Self::new(S::TOO_MANY_REQUESTS, "rate_limited", detail).with_retry_after(wait)
             }
@@ -136,7 +142,9 @@ impl From<AuthError> for ApiError {
                 Self::new(S::UNPROCESSABLE_ENTITY, "invalid_username", detail)
             }
             AuthError::InvalidRole(_) => Self::new(S::UNPROCESSABLE_ENTITY, "invalid_role", detail),
-            AuthError::WeakPassword(_) => Self::new(S::UNPROCESSABLE_ENTITY, "weak_password", detail),
+            AuthError::WeakPassword(_) => {
+                Self::new(S::UNPROCESSABLE_ENTITY, "weak_password", detail)
+            }
             AuthError::Overloaded => Self::new(S::SERVICE_UNAVAILABLE, "overloaded", detail)
                 .with_retry_after(Duration::from_secs(1)),
             AuthError::Unavailable => {
@@ -163,14 +171,20 @@ impl ApiError {
 }
 
 fn too_large() -> ApiError {
-    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "the request body is too large",
+    )
 }
 
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         tracing::debug!(rejection = %r.body_text(), "JSON body rejected");
         match r {
-            JsonRejection::MissingJsonContentType(_) => Self::unsupported_media_type("JSON (Content-Type: application/json)"),
+            JsonRejection::MissingJsonContentType(_) => {
+                Self::unsupported_media_type("JSON (Content-Type: application/json)")
+            }
             JsonRejection::JsonSyntaxError(_) => {
                 Self::bad_request("malformed_json", "the request body is not valid JSON")
             }
@@ -192,7 +206,20 @@ impl From<FormRejection> for ApiError {
                 Self::unsupported_media_type("a form (application/x-www-form-urlencoded)")
             }
             other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => too_large(),
-            _ => Self::bad_request("invalid_request", "the form is missing fields or has invalid ones"),
+            _ => Self::bad_request(
+                "invalid_request",
+                "the form is missing fields or has invalid ones",
+            ),
+        }
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large()
+        } else {
+            Self::bad_request("invalid_request", "the request body could not be read")
         }
     }
 }
@@ -213,11 +240,19 @@ mod tests {
             (AuthError::InvalidCredentials, 401, "invalid_credentials"),
             (AuthError::InvalidToken, 401, "invalid_token"),
             (AuthError::InvalidGrant("x"), 400, "invalid_grant"),
-            (AuthError::RateLimited(Duration::from_millis(1500)), 429, "rate_limited"),
+            (
+                AuthError::RateLimited(Duration::from_millis(1500)),
+                429,
+                "rate_limited",
+            ),
             (AuthError::WrongPassword, 403, "invalid_credentials"),
             (AuthError::UsernameTaken, 409, "username_taken"),
             (AuthError::Unavailable, 503, "store_unavailable"),
-            (AuthError::Unexpected(anyhow::anyhow!("secret detail")), 500, "internal_error"),
+            (
+                AuthError::Unexpected(anyhow::anyhow!("secret detail")),
+                500,
+                "internal_error",
+            ),
         ];
         for (err, status, code) in cases {
             let e = ApiError::from(err);
@@ -228,7 +263,8 @@ mod tests {
 
     #[test]
     fn retry_after_rounds_up_to_whole_seconds() {
-        let res = ApiError::from(AuthError::RateLimited(Duration::from_millis(1500))).into_response();
+        let res =
+            ApiError::from(AuthError::RateLimited(Duration::from_millis(1500))).into_response();
         assert_eq!(res.headers()[header::RETRY_AFTER], "2");
     }
 }

@@ -16,10 +16,28 @@ use crate::service::{AuthError, ClientInfo, Principal};
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct Json<T>(pub T);
 
+impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
+    fn into_response(self) -> axum::response::Response {
+        axum::Json(self.0).into_response()
+    }
+}
+
 /// A form body whose rejections are [`ApiError`]s.
 #[derive(FromRequest)]
 #[from_request(via(axum::Form), rejection(ApiError))]
 pub struct Form<T>(pub T);
+
+/// A raw body (for routes that accept several content types) whose rejections are
+/// [`ApiError`]s.
+pub struct Body(pub axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        Ok(Self(axum::body::Bytes::from_request(req, state).await?))
+    }
+}
 
 /// A query string whose rejections are [`ApiError`]s.
 #[derive(FromRequestParts)]
@@ -94,7 +112,10 @@ impl FromRequestParts<AppState> for Client {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
         let ip = peer.map(|p| client_ip(p, &parts.headers, &state.http.trusted_proxies));
         let user_agent = parts
             .headers
@@ -143,7 +164,10 @@ mod tests {
 
     fn headers(xff: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", xff.parse().unwrap_or_else(|_| unreachable!()));
+        h.insert(
+            "x-forwarded-for",
+            xff.parse().unwrap_or_else(|_| unreachable!()),
+        );
         h
     }
 
@@ -154,7 +178,10 @@ mod tests {
     #[test]
     fn forwarded_for_is_ignored_from_untrusted_peers() {
         let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap_or_else(|_| unreachable!())];
-        assert_eq!(client_ip(ip("203.0.113.9"), &headers("1.2.3.4"), &trusted), ip("203.0.113.9"));
+        assert_eq!(
+            client_ip(ip("203.0.113.9"), &headers("1.2.3.4"), &trusted),
+            ip("203.0.113.9")
+        );
     }
 
     #[test]
@@ -168,17 +195,20 @@ mod tests {
     fn bearer_parsing_is_strict_about_the_scheme() {
         let mut h = HeaderMap::new();
         assert!(matches!(bearer(&h), Ok(None)));
-        h.insert(header::AUTHORIZATION, "Basic abc".parse().unwrap_or_else(|_| unreachable!()));
+        h.insert(
+            header::AUTHORIZATION,
+            "Basic abc".parse().unwrap_or_else(|_| unreachable!()),
+        );
         assert!(bearer(&h).is_err());
-        h.insert(header::AUTHORIZATION, "bearer abc".parse().unwrap_or_else(|_| unreachable!()));
+        h.insert(
+            header::AUTHORIZATION,
+            "bearer abc".parse().unwrap_or_else(|_| unreachable!()),
+        );
         assert!(matches!(bearer(&h), Ok(Some("abc"))));
-        h.insert(header::AUTHORIZATION, "Bearer ".parse().unwrap_or_else(|_| unreachable!()));
+        h.insert(
+            header::AUTHORIZATION,
+            "Bearer ".parse().unwrap_or_else(|_| unreachable!()),
+        );
         assert!(bearer(&h).is_err());
-    }
-}
-
-impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
-    fn into_response(self) -> axum::response::Response {
-        axum::Json(self.0).into_response()
     }
 }

@@ -19,7 +19,9 @@ pub struct KeyFile {
 impl KeyFile {
     /// The key file inside `data_dir`.
     pub fn in_dir(data_dir: &Path) -> Self {
-        Self { path: data_dir.join("keys.json") }
+        Self {
+            path: data_dir.join("keys.json"),
+        }
     }
 
     fn read(&self) -> anyhow::Result<Option<KeyRing>> {
@@ -42,7 +44,9 @@ impl KeyFile {
             use std::os::unix::fs::OpenOptionsExt as _;
             opts.mode(0o600);
         }
-        let mut f = opts.open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut f = opts
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         f.write_all(&serde_json::to_vec_pretty(ring)?)?;
         f.sync_all()?;
         std::fs::rename(&tmp, &self.path)

@@ -25,7 +25,9 @@ impl MemoryLimits {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Timestamp)>> {
         // A poisoned lock only means another thread panicked mid-update of a counter; the map
         // itself is still consistent.
-        self.windows.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.windows
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 

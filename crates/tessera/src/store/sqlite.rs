@@ -57,7 +57,10 @@ impl SqliteStore {
             .connect_with(options)
             .await
             .context("cannot open the SQLite database")?;
-        MIGRATOR.run(&pool).await.context("cannot migrate the SQLite database")?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .context("cannot migrate the SQLite database")?;
         Ok(Self { pool, timeout })
     }
 
@@ -68,7 +71,9 @@ impl SqliteStore {
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(r) => r.map_err(map_err),
-            Err(_) => Err(StoreError::Unavailable("SQLite did not answer in time".into())),
+            Err(_) => Err(StoreError::Unavailable(
+                "SQLite did not answer in time".into(),
+            )),
         }
     }
 }
@@ -105,8 +110,11 @@ fn user_from_row(row: &SqliteRow) -> Result<User, sqlx::Error> {
 }
 
 fn hash32(v: Option<Vec<u8>>) -> Result<Option<[u8; 32]>, sqlx::Error> {
-    v.map(|b| b.try_into().map_err(|_| sqlx::Error::Decode("corrupt token hash".into())))
-        .transpose()
+    v.map(|b| {
+        b.try_into()
+            .map_err(|_| sqlx::Error::Decode("corrupt token hash".into()))
+    })
+    .transpose()
 }
 
 fn session_from_row(row: &SqliteRow) -> Result<Session, sqlx::Error> {
@@ -130,7 +138,9 @@ fn session_from_row(row: &SqliteRow) -> Result<Session, sqlx::Error> {
             generation: u64::try_from(generation).map_err(|_| corrupt("generation"))?,
             hash: hash32(Some(row.try_get("refresh_hash")?))?.ok_or_else(|| corrupt("hash"))?,
             prev_hash: hash32(row.try_get("prev_refresh_hash")?)?,
-            rotated_at: row.try_get::<Option<i64>, _>("rotated_at")?.map(Timestamp::from_millis),
+            rotated_at: row
+                .try_get::<Option<i64>, _>("rotated_at")?
+                .map(Timestamp::from_millis),
         },
     })
 }
@@ -182,7 +192,10 @@ impl UserStore for SqliteStore {
         let rows = self
             .deadline(sqlx::query("SELECT * FROM users ORDER BY username").fetch_all(&self.pool))
             .await?;
-        rows.iter().map(user_from_row).collect::<Result<_, _>>().map_err(map_err)
+        rows.iter()
+            .map(user_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(map_err)
     }
 
     async fn update(&self, u: &User) -> Result<bool, StoreError> {
@@ -222,7 +235,9 @@ impl UserStore for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.deadline(sqlx::query("SELECT 1").execute(&self.pool)).await.map(|_| ())
+        self.deadline(sqlx::query("SELECT 1").execute(&self.pool))
+            .await
+            .map(|_| ())
     }
 }
 
@@ -275,7 +290,10 @@ impl SessionStore for SqliteStore {
             let excess = (live.len() + 1).saturating_sub(max_per_user.max(1));
             let evicted: Vec<String> = live.into_iter().take(excess).collect();
             for id in &evicted {
-                sqlx::query("DELETE FROM sessions WHERE id = ?").bind(id).execute(&mut *tx).await?;
+                sqlx::query("DELETE FROM sessions WHERE id = ?")
+                    .bind(id)
+                    .execute(&mut *tx)
+                    .await?;
             }
             insert_session(&mut tx, session).await?;
             tx.commit().await?;
@@ -304,7 +322,10 @@ impl SessionStore for SqliteStore {
                 .fetch_optional(&self.pool),
             )
             .await?;
-        row.as_ref().map(session_from_row).transpose().map_err(map_err)
+        row.as_ref()
+            .map(session_from_row)
+            .transpose()
+            .map_err(map_err)
     }
 
     async fn touch(
@@ -346,7 +367,10 @@ impl SessionStore for SqliteStore {
                 .fetch_all(&self.pool),
             )
             .await?;
-        rows.iter().map(session_from_row).collect::<Result<_, _>>().map_err(map_err)
+        rows.iter()
+            .map(session_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(map_err)
     }
 
     async fn revoke(&self, user: UserId, id: SessionId) -> Result<bool, StoreError> {

@@ -1,0 +1,334 @@
+//! The built binary: CLI commands against a live server's store, and the server process itself.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::Value;
+
+use crate::helpers::*;
+
+fn tessera(dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tessera"));
+    c.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    c.arg("--data-dir").arg(dir);
+    c
+}
+
+/// Runs a CLI command, feeding `stdin`.
+async fn run(dir: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut cmd = tessera(dir);
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let stdin = stdin.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut child = cmd.spawn().expect("binary runs");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn cli_user_commands_act_on_a_running_servers_store() {
+    let app = spawn_app().await;
+    let dir = app.dir.path();
+
+    ok(&run(
+        dir,
+        &[
+            "user",
+            "add",
+            "Olive",
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        "olive's passphrase\n",
+    )
+    .await);
+    let t = app.login("olive", "olive's passphrase").await;
+    let list = ok(&run(dir, &["user", "list"], "").await);
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("olive") && l.contains("admin") && l.contains("active")),
+        "{list}"
+    );
+
+    let out = run(
+        dir,
+        &["user", "add", "olive", "--password-stdin"],
+        "another passphrase\n",
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("taken"));
+    let out = run(
+        dir,
+        &["user", "add", "weakling", "--password-stdin"],
+        "password\n",
+    )
+    .await;
+    assert!(!out.status.success());
+
+    ok(&run(
+        dir,
+        &["user", "passwd", "olive", "--password-stdin"],
+        "olive's second passphrase\n",
+    )
+    .await);
+    assert_eq!(
+        app.verify_status(&t.access).await,
+        StatusCode::UNAUTHORIZED,
+        "passwd revokes sessions"
+    );
+    let t = app.login("olive", "olive's second passphrase").await;
+
+    ok(&run(dir, &["user", "disable", "olive"], "").await);
+    assert_eq!(
+        app.verify_status(&t.access).await,
+        StatusCode::UNAUTHORIZED,
+        "disable revokes sessions"
+    );
+    assert_eq!(
+        app.login_raw("olive", "olive's second passphrase")
+            .await
+            .status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert!(ok(&run(dir, &["user", "list"], "").await).contains("disabled"));
+    ok(&run(dir, &["user", "enable", "olive"], "").await);
+    let t = app.login("olive", "olive's second passphrase").await;
+
+    ok(&run(dir, &["user", "delete", "olive"], "").await);
+    assert_eq!(
+        app.verify_status(&t.access).await,
+        StatusCode::UNAUTHORIZED,
+        "delete revokes sessions"
+    );
+    let out = run(dir, &["user", "delete", "olive"], "").await;
+    assert!(!out.status.success());
+}
+
+#[tokio::test]
+async fn cli_key_rotation_reaches_a_running_server_within_ten_seconds() {
+    let app = spawn_app().await;
+    let dir = app.dir.path();
+    let before = app.login("admin", ADMIN_PASSWORD).await;
+
+    let listed = ok(&run(dir, &["keys", "list"], "").await);
+    assert_eq!(listed.lines().count(), 1);
+    assert!(listed.contains(" EdDSA active "), "{listed}");
+
+    ok(&run(dir, &["keys", "rotate"], "").await);
+    let listed = ok(&run(dir, &["keys", "list"], "").await);
+    assert_eq!(
+        listed.lines().filter(|l| l.contains(" active ")).count(),
+        1,
+        "{listed}"
+    );
+    assert_eq!(
+        listed.lines().filter(|l| l.contains(" retired ")).count(),
+        1,
+        "{listed}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let jwks: Value = app
+            .client
+            .get(app.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if jwks["keys"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rotation not seen within 10 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(
+        app.verify_status(&before.access).await,
+        StatusCode::OK,
+        "old tokens still verify"
+    );
+    let after = app.login("admin", ADMIN_PASSWORD).await;
+    let kid = |t: &str| {
+        use base64::Engine as _;
+        let h = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(t.split('.').next().unwrap())
+            .unwrap();
+        serde_json::from_slice::<Value>(&h).unwrap()["kid"].clone()
+    };
+    assert_ne!(kid(&before.access), kid(&after.access));
+}
+
+/// A `tessera serve` process and the address it bound.
+struct Server {
+    child: Child,
+    addr: String,
+    stderr_head: Vec<String>,
+}
+
+fn serve(dir: &Path, env: &[(&str, &str)]) -> Server {
+    let mut cmd = tessera(dir);
+    cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        .envs(env.iter().copied());
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("server starts");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut head = Vec::new();
+    let addr = loop {
+        let line = lines.next().expect("server printed its address").unwrap();
+        head.push(line.clone());
+        if let Some(rest) = line.split("addr=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stderr so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Server {
+        child,
+        addr,
+        stderr_head: head,
+    }
+}
+
+#[tokio::test]
+async fn first_start_prints_a_random_admin_password_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = serve(dir.path(), &[]);
+    let line = s
+        .stderr_head
+        .iter()
+        .find(|l| l.contains("admin password: "))
+        .expect("password printed")
+        .clone();
+    let password = line.rsplit("admin password: ").next().unwrap().to_owned();
+    let client = reqwest::Client::new();
+    let res = client
+        .post(format!("http://{}/login", s.addr))
+        .json(&serde_json::json!({"username": "admin", "password": password}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+
+    let mut again = serve(dir.path(), &[]);
+    assert!(
+        !again
+            .stderr_head
+            .iter()
+            .any(|l| l.contains("admin password"))
+    );
+    again.child.kill().unwrap();
+    again.child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn a_session_survives_kill_9_of_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("TESSERA_ADMIN_PASSWORD", ADMIN_PASSWORD)];
+    let mut s = serve(dir.path(), &env);
+    let client = reqwest::Client::new();
+    let body: Value = client
+        .post(format!("http://{}/login", s.addr))
+        .json(&serde_json::json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = body["access_token"].as_str().unwrap().to_owned();
+    s.child.kill().unwrap(); // SIGKILL
+    s.child.wait().unwrap();
+
+    let mut s = serve(dir.path(), &env);
+    let res = client
+        .get(format!("http://{}/verify", s.addr))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_with_exit_code_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = serve(dir.path(), &[("TESSERA_ADMIN_PASSWORD", ADMIN_PASSWORD)]);
+    let pid = s.child.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let code = tokio::task::spawn_blocking(move || s.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(code.code(), Some(0));
+}
+
+#[tokio::test]
+async fn an_invalid_setting_stops_start_up_naming_the_key_and_its_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::task::spawn_blocking({
+        let mut cmd = tessera(dir.path());
+        cmd.env("TESSERA_ACCESS_TOKEN_TTL", "forever").arg("serve");
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("access_token_ttl") && err.contains("TESSERA_ACCESS_TOKEN_TTL"),
+        "{err}"
+    );
+
+    std::fs::write(
+        dir.path().join("tessera.toml"),
+        "max_sessions_per_user = \"many\"\n",
+    )
+    .unwrap();
+    let out = tokio::task::spawn_blocking({
+        let mut cmd = tessera(dir.path());
+        cmd.arg("--config")
+            .arg(dir.path().join("tessera.toml"))
+            .arg("serve");
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("max_sessions_per_user") && err.contains("tessera.toml"),
+        "{err}"
+    );
+}

@@ -1,0 +1,199 @@
+//! `spawn_app()` and friends.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::{Client, Response, StatusCode};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+use tessera::Application;
+use tessera::config::{Settings, SettingsArgs};
+use tessera::domain::clock::ManualClock;
+use tessera::service::Auth;
+use tokio::sync::oneshot;
+
+/// The first admin's password in every test app.
+pub const ADMIN_PASSWORD: &str = "admin test password 1";
+/// A password that passes the policy.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// A running server on a private data directory.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub client: Client,
+    pub dir: Arc<TempDir>,
+    pub auth: Arc<Auth>,
+    pub clock: Arc<ManualClock>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Tokens of one login.
+#[derive(Clone, Debug)]
+pub struct Tokens {
+    pub access: String,
+    pub refresh: String,
+}
+
+/// Settings for a test: port 0, the given data dir, known admin password, plus `env` overrides
+/// as the environment would give them.
+pub fn settings(dir: &std::path::Path, env: &[(&str, &str)]) -> Settings {
+    let args = SettingsArgs {
+        listen: Some("127.0.0.1:0".into()),
+        data_dir: Some(dir.display().to_string()),
+        ..Default::default()
+    };
+    let mut vars: Vec<(String, String)> =
+        vec![("TESSERA_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into())];
+    vars.extend(env.iter().map(|(k, v)| ((*k).into(), (*v).into())));
+    Settings::load(&args, vars).expect("test settings are valid")
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Spawns a server with extra `TESSERA_*` settings.
+pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
+    let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
+    spawn_in(dir, env).await
+}
+
+/// Spawns a server on an existing data directory (restart tests).
+pub async fn spawn_in(dir: Arc<TempDir>, env: &[(&str, &str)]) -> TestApp {
+    let clock = ManualClock::starting_now();
+    let app = Application::build_with_clock(settings(dir.path(), env), clock.clone())
+        .await
+        .expect("app builds");
+    let addr = app.local_addr();
+    let auth = app.auth();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(app.run_until(async move {
+        let _ = rx.await;
+    }));
+    TestApp {
+        addr,
+        client: client_from("127.0.0.1"),
+        dir,
+        auth,
+        clock,
+        stop: Some(tx),
+        task: Some(task),
+    }
+}
+
+/// An HTTP client whose connections come from `ip` (any 127.x.y.z is a distinct peer).
+pub fn client_from(ip: &str) -> Client {
+    Client::builder()
+        .local_address(ip.parse::<IpAddr>().ok())
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Stops the server and waits until it has released the data directory.
+    pub async fn stop(mut self) -> Arc<TempDir> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        Arc::clone(&self.dir)
+    }
+
+    /// Creates a user directly through the service.
+    pub async fn add_user(&self, name: &str, roles: &[&str]) {
+        let roles: Vec<String> = roles.iter().map(|r| (*r).to_owned()).collect();
+        self.auth
+            .create_user(name, PASSWORD.into(), &roles)
+            .await
+            .expect("user created");
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn login_raw(&self, user: &str, password: &str) -> Response {
+        self.post_json("/login", &json!({ "username": user, "password": password }))
+            .await
+    }
+
+    /// Logs in and returns the tokens, asserting success.
+    pub async fn login(&self, user: &str, password: &str) -> Tokens {
+        let res = self.login_raw(user, password).await;
+        assert_eq!(res.status(), StatusCode::OK, "login of {user} failed");
+        let body: Value = res.json().await.expect("json");
+        Tokens {
+            access: body["access_token"]
+                .as_str()
+                .expect("access token")
+                .to_owned(),
+            refresh: body["refresh_token"]
+                .as_str()
+                .expect("refresh token")
+                .to_owned(),
+        }
+    }
+
+    /// Creates a user and logs them in.
+    pub async fn user_session(&self, name: &str) -> Tokens {
+        self.add_user(name, &[]).await;
+        self.login(name, PASSWORD).await
+    }
+
+    pub async fn get_auth(&self, path: &str, access: &str) -> Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(access)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn refresh(&self, refresh: &str) -> Response {
+        self.client
+            .post(self.url("/token"))
+            .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh)])
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// The status of `GET /verify` with this token.
+    pub async fn verify_status(&self, access: &str) -> StatusCode {
+        self.get_auth("/verify", access).await.status()
+    }
+
+    pub fn advance(&self, d: Duration) {
+        self.clock.advance(d);
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Reads a JSON error body and checks its shape (API.md §4).
+pub async fn error_code(res: Response) -> String {
+    let body: Value = res.json().await.expect("error bodies are JSON");
+    assert!(body["detail"].is_string(), "error without detail: {body}");
+    body["error"].as_str().expect("error code").to_owned()
+}

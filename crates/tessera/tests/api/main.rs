@@ -1,0 +1,14 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+//! The integration suite: one binary, the real server on port 0, a real SQLite file in a fresh
+//! temporary directory per test.
+
+mod helpers;
+
+mod cli;
+mod hostile;
+mod login;
+mod persistence;
+mod sessions;
+mod tokens;
+mod users;
