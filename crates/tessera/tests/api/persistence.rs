@@ -50,3 +50,46 @@ async fn expired_sessions_are_swept_from_the_store() {
     assert_eq!(app.auth.sweep().await.unwrap(), 1);
     assert_eq!(app.auth.sweep().await.unwrap(), 0);
 }
+
+#[tokio::test]
+async fn a_store_that_does_not_answer_in_time_gives_503_never_401() {
+    use sqlx::Connection as _;
+    let app = spawn_app_with(&[("TESSERA_STORE_TIMEOUT", "300ms")]).await;
+    let t = app.user_session("sid").await;
+
+    // Another process holds the write lock: every write now waits past store_timeout.
+    let opts =
+        sqlx::sqlite::SqliteConnectOptions::new().filename(app.dir.path().join("tessera.db"));
+    let mut blocker = sqlx::SqliteConnection::connect_with(&opts).await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut blocker)
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let res = app.login_raw("sid", PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(res.headers()["retry-after"], "1");
+    assert_eq!(error_code(res).await, "store_unavailable");
+    let res = app
+        .client
+        .post(app.url("/logout"))
+        .bearer_auth(&t.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a logout that did not happen is not a success"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    sqlx::query("ROLLBACK").execute(&mut blocker).await.unwrap();
+    assert_eq!(
+        app.verify_status(&t.access).await,
+        StatusCode::OK,
+        "the session was never lost"
+    );
+    app.login("sid", PASSWORD).await;
+}
