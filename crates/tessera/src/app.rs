@@ -19,10 +19,14 @@ use crate::domain::jwt::TokenSettings;
 use crate::domain::password::PasswordHasher;
 use crate::domain::secret::{b64, random_32};
 use crate::http::{self, AppState, HttpSettings};
-use crate::service::{Auth, Policy};
+use crate::service::{Auth, PROFILE_CACHE_TTL, Policy};
+use crate::store::cache::MemoryProfileCache;
 use crate::store::keyfile::KeyFile;
 use crate::store::limits::MemoryLimits;
+use crate::store::postgres::PgUserStore;
+use crate::store::redis::{RedisStore, Topology};
 use crate::store::sqlite::SqliteStore;
+use crate::store::{Stores, UserStore};
 
 /// How often expired sessions are deleted.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -53,34 +57,83 @@ pub fn policy(s: &Settings) -> Policy {
     }
 }
 
+/// Chooses and opens the backends `settings` name: the one place a backend is chosen.
+pub async fn open_stores(settings: &Settings) -> anyhow::Result<Stores> {
+    let timeout = settings.store_timeout;
+    let embedded = if settings.uses_embedded_store() {
+        create_data_dir(&settings.data_dir)?;
+        Some(
+            SqliteStore::open_file(&settings.embedded_db_path(), timeout)
+                .await
+                .with_context(|| format!("embedded store in {}", settings.data_dir.display()))?,
+        )
+    } else {
+        None
+    };
+    let users: Arc<dyn UserStore> = match (&settings.database_url, &embedded) {
+        (Some(url), _) if settings.uses_postgres() => Arc::new(
+            PgUserStore::connect(url, timeout)
+                .await
+                .context("database_url (PostgreSQL)")?,
+        ),
+        (Some(url), _) => Arc::new(
+            SqliteStore::connect(url, timeout)
+                .await
+                .context("database_url (SQLite)")?,
+        ),
+        (None, Some(db)) => Arc::new(db.clone()),
+        (None, None) => anyhow::bail!("no user store configured"),
+    };
+    if let Some(url) = &settings.redis_url {
+        let topology = Topology::parse(url).map_err(|e| anyhow::anyhow!("redis_url: {e}"))?;
+        let redis = RedisStore::connect(&topology, &settings.redis_key_prefix, timeout)
+            .await
+            .with_context(|| format!("cannot reach Redis at redis_url ({})", redact(url)))?;
+        match redis.maxmemory_policy().await.as_deref() {
+            Some("noeviction") | None => {}
+            Some(policy) => tracing::warn!(
+                %policy,
+                "Redis maxmemory-policy may evict sessions and log users out; set noeviction"
+            ),
+        }
+        let redis = Arc::new(redis);
+        return Ok(Stores {
+            users,
+            sessions: redis.clone(),
+            limits: redis.clone(),
+            keys: redis.clone(),
+            profiles: redis,
+        });
+    }
+    let Some(db) = embedded else {
+        anyhow::bail!("no session store configured")
+    };
+    Ok(Stores {
+        users,
+        sessions: Arc::new(db),
+        limits: Arc::new(MemoryLimits::default()),
+        keys: Arc::new(KeyFile::in_dir(&settings.data_dir)),
+        profiles: Arc::new(MemoryProfileCache::new(100_000, PROFILE_CACHE_TTL)),
+    })
+}
+
+/// A URL with its password replaced, for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
 /// Opens the stores named by `settings` and builds the service. Used by `serve` and by every
 /// CLI command, so both see the same data.
 pub async fn open_service(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Auth>> {
-    create_data_dir(&settings.data_dir)?;
-    let sessions = SqliteStore::open_file(&settings.embedded_db_path(), settings.store_timeout)
-        .await
-        .with_context(|| format!("embedded store in {}", settings.data_dir.display()))?;
-    let db_url = settings.database_url();
-    let users = if settings.database_url.is_none() {
-        sessions.clone()
-    } else {
-        SqliteStore::connect(&db_url, settings.store_timeout)
-            .await
-            .with_context(|| "database_url".to_string())?
-    };
+    let stores = open_stores(settings).await?;
     let cores = std::thread::available_parallelism().map_or(2, usize::from);
     let hasher = PasswordHasher::new(PasswordHasher::owasp_params(), cores, HASH_QUEUE)?;
-    let auth = Auth::new(
-        Arc::new(users),
-        Arc::new(sessions),
-        Arc::new(MemoryLimits::default()),
-        Arc::new(KeyFile::in_dir(&settings.data_dir)),
-        hasher,
-        clock,
-        policy(settings),
-    )
-    .await?;
-    Ok(Arc::new(auth))
+    Ok(Arc::new(
+        Auth::new(stores, hasher, clock, policy(settings)).await?,
+    ))
 }
 
 fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
@@ -124,7 +177,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     shutdown_grace: Duration,
-    _lock: File,
+    _lock: Option<File>,
 }
 
 impl Application {
@@ -138,8 +191,12 @@ impl Application {
         settings: Settings,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
-        create_data_dir(&settings.data_dir)?;
-        let lock = lock_data_dir(&settings.data_dir)?;
+        let lock = if settings.uses_embedded_store() {
+            create_data_dir(&settings.data_dir)?;
+            Some(lock_data_dir(&settings.data_dir)?)
+        } else {
+            None
+        };
         let auth = open_service(&settings, clock).await?;
         bootstrap_admin(&auth, settings.admin_password.clone()).await?;
         let listener = TcpListener::bind(settings.listen)

@@ -30,6 +30,9 @@ pub struct Settings {
     /// Sessions, cache and limits in Redis when set (scale-out issue).
     #[serde(default)]
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key, so several deployments (or test runs) can share one Redis.
+    #[serde(default = "d::redis_key_prefix")]
+    pub redis_key_prefix: String,
     /// External URL; default `http://<listen>`.
     #[serde(default)]
     pub public_url: Option<String>,
@@ -112,6 +115,9 @@ mod d {
     pub fn listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 8080))
     }
+    pub fn redis_key_prefix() -> String {
+        "tessera".into()
+    }
     pub fn data_dir() -> PathBuf {
         PathBuf::from("./tessera-data")
     }
@@ -163,6 +169,7 @@ const KEYS: &[&str] = &[
     "data_dir",
     "database_url",
     "redis_url",
+    "redis_key_prefix",
     "public_url",
     "access_token_ttl",
     "session_idle_timeout",
@@ -279,6 +286,10 @@ pub struct SettingsArgs {
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key [default: tessera].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_key_prefix: Option<String>,
     /// External URL (https makes cookies Secure; the JWT iss).
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -475,20 +486,23 @@ impl Settings {
                 return bad("public_url", "must be an http:// or https:// URL");
             }
         }
-        if self
-            .database_url
-            .as_ref()
-            .is_some_and(|url| !url.starts_with("sqlite:"))
-        {
-            return bad(
-                "database_url",
-                "only sqlite:// URLs are supported in this build (PostgreSQL comes with scale-out)",
-            );
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("sqlite:") || self.uses_postgres()) {
+                return bad(
+                    "database_url",
+                    "must be sqlite://…, postgres://… or postgresql://…",
+                );
+            }
         }
-        if self.redis_url.is_some() {
+        if let Some(url) = &self.redis_url {
+            if let Err(why) = crate::store::redis::Topology::parse(url) {
+                return bad("redis_url", &why);
+            }
+        }
+        if self.redis_key_prefix.is_empty() || self.redis_key_prefix.contains(['{', '}', ' ']) {
             return bad(
-                "redis_url",
-                "Redis is not supported in this build yet (scale-out issue)",
+                "redis_key_prefix",
+                "must be non-empty, without spaces or braces",
             );
         }
         Ok(())
@@ -500,6 +514,18 @@ impl Settings {
             Some(u) => u.trim_end_matches('/').to_owned(),
             None => format!("http://{}", self.listen),
         }
+    }
+
+    /// Whether users live in PostgreSQL.
+    pub fn uses_postgres(&self) -> bool {
+        self.database_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+    }
+
+    /// Whether anything lives in the embedded store under `data_dir` (then one server owns it).
+    pub fn uses_embedded_store(&self) -> bool {
+        self.redis_url.is_none() || !self.uses_postgres()
     }
 
     /// The users database URL.

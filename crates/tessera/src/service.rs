@@ -18,7 +18,8 @@ use crate::domain::refresh::RefreshToken;
 use crate::domain::session::{RefreshState, Session, SessionId, clip_user_agent};
 use crate::domain::user::{InvalidRole, InvalidUsername, Role, Roles, User, UserId, Username};
 use crate::store::{
-    KeyStore, LimitStore, RefreshPresentation, Rotation, SessionStore, StoreError, UserStore,
+    CachedProfile, KeyStore, LimitStore, ProfileCache, RefreshPresentation, Rotation, SessionStore,
+    StoreError, Stores, UserStore,
 };
 
 /// Every outcome of a use case that is not success.
@@ -237,10 +238,10 @@ pub struct Auth {
     limits: Arc<dyn LimitStore>,
     key_store: Arc<dyn KeyStore>,
     keys: RwLock<Arc<Keys>>,
+    profiles: Arc<dyn ProfileCache>,
     hasher: PasswordHasher,
     clock: Arc<dyn Clock>,
     policy: Policy,
-    profiles: moka::future::Cache<UserId, (Arc<Profile>, Timestamp)>,
 }
 
 /// How long `/profile` answers may be served from the cache.
@@ -248,16 +249,19 @@ pub const PROFILE_CACHE_TTL: Duration = Duration::from_secs(300);
 
 impl Auth {
     /// Assembles the service, creating or loading the key ring.
-    #[allow(clippy::too_many_arguments)]
     pub async fn new(
-        users: Arc<dyn UserStore>,
-        sessions: Arc<dyn SessionStore>,
-        limits: Arc<dyn LimitStore>,
-        key_store: Arc<dyn KeyStore>,
+        stores: Stores,
         hasher: PasswordHasher,
         clock: Arc<dyn Clock>,
         policy: Policy,
     ) -> anyhow::Result<Self> {
+        let Stores {
+            users,
+            sessions,
+            limits,
+            keys: key_store,
+            profiles,
+        } = stores;
         let now = clock.now();
         let fresh = KeyRing::generate(policy.signing_alg, now)?;
         let mut ring = key_store.init(&fresh).await?;
@@ -280,13 +284,10 @@ impl Auth {
             limits,
             key_store,
             keys: RwLock::new(Arc::new(keys)),
+            profiles,
             hasher,
             clock,
             policy,
-            profiles: moka::future::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(PROFILE_CACHE_TTL)
-                .build(),
         })
     }
 
@@ -546,7 +547,7 @@ impl Auth {
             Rotation::Rotated(s) | Rotation::Grace(s) => self.issue(&s, &successor),
             Rotation::Reused => {
                 tracing::warn!(target: "audit", event = "refresh_reuse", session = %token.session_id, user = %token.user_id);
-                self.profiles.invalidate(&token.user_id).await;
+                self.profiles.invalidate(token.user_id).await?;
                 Err(AuthError::InvalidGrant(
                     "the refresh token was already used; the session is revoked",
                 ))
@@ -630,18 +631,35 @@ impl Auth {
     // ----- users ---------------------------------------------------------------------------
 
     /// The caller's profile, from the cache when fresh (returns when it was cached).
-    pub async fn profile(&self, who: &Principal) -> Result<(Arc<Profile>, Timestamp), AuthError> {
-        if let Some(hit) = self.profiles.get(&who.user_id).await {
-            return Ok(hit);
+    pub async fn profile(&self, who: &Principal) -> Result<(Profile, Timestamp), AuthError> {
+        if let Some(hit) = self.profiles.get(who.user_id).await? {
+            let username = Username::parse(&hit.username)
+                .map_err(|_| AuthError::Unexpected(anyhow::anyhow!("corrupt cached profile")))?;
+            let profile = Profile {
+                id: hit.id,
+                user: username.clone(),
+                username,
+                roles: Roles::from_csv(&hit.roles),
+                created_at: Timestamp::from_millis(hit.created_at),
+                disabled: false,
+            };
+            return Ok((profile, Timestamp::from_millis(hit.cached_at)));
         }
         let user = self
             .users
             .by_id(who.user_id)
             .await?
             .ok_or(AuthError::InvalidToken)?;
-        let entry = (Arc::new(Profile::from(&user)), self.now());
-        self.profiles.insert(who.user_id, entry.clone()).await;
-        Ok(entry)
+        let now = self.now();
+        let cached = CachedProfile {
+            id: user.id,
+            username: user.username.to_string(),
+            roles: user.roles.to_csv(),
+            created_at: user.created_at.as_millis(),
+            cached_at: now.as_millis(),
+        };
+        self.profiles.put(&cached, PROFILE_CACHE_TTL).await?;
+        Ok((Profile::from(&user), now))
     }
 
     /// Changes the caller's password after checking the current one; revokes every other
@@ -674,7 +692,7 @@ impl Auth {
         if !self.users.update(&user).await? {
             return Err(AuthError::NotFound("no such user"));
         }
-        self.profiles.invalidate(&user.id).await;
+        self.profiles.invalidate(user.id).await?;
         tracing::info!(target: "audit", event = "password_changed", user = %user.username);
         Ok(user)
     }
@@ -755,7 +773,7 @@ impl Auth {
         if !self.users.update(&user).await? {
             return Err(AuthError::NotFound("no such user"));
         }
-        self.profiles.invalidate(&id).await;
+        self.profiles.invalidate(id).await?;
         if patch.disabled == Some(true) {
             self.sessions.revoke_all(id, None).await?;
         } else if let Some(r) = &roles {
@@ -781,7 +799,7 @@ impl Auth {
         if !self.users.delete(id).await? {
             return Err(AuthError::NotFound("no such user"));
         }
-        self.profiles.invalidate(&id).await;
+        self.profiles.invalidate(id).await?;
         tracing::info!(target: "audit", event = "user_deleted", user = %id);
         Ok(())
     }

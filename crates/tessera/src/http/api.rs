@@ -182,9 +182,9 @@ pub async fn profile(
     Ok(no_store(
         Json(ProfileResponse {
             id: p.id,
-            username: p.username.clone(),
-            user: p.user.clone(),
-            roles: p.roles.clone(),
+            username: p.username,
+            user: p.user,
+            roles: p.roles,
             created_at: p.created_at,
             cached_at,
         })

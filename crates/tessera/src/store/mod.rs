@@ -5,8 +5,11 @@
 //! `{hash tag}`). Every record has an expiry; readers treat an expired record as absent even
 //! before a sweep removes it.
 
+pub mod cache;
 pub mod keyfile;
 pub mod limits;
+pub mod postgres;
+pub mod redis;
 pub mod sqlite;
 
 use std::time::Duration;
@@ -17,6 +20,21 @@ use crate::domain::clock::Timestamp;
 use crate::domain::jwt::KeyRing;
 use crate::domain::session::{Session, SessionId};
 use crate::domain::user::{Roles, User, UserId, Username};
+
+/// Every store the service needs, chosen once at start-up (see `app::open_stores`).
+#[derive(Clone)]
+pub struct Stores {
+    /// Users.
+    pub users: std::sync::Arc<dyn UserStore>,
+    /// Sessions and refresh families.
+    pub sessions: std::sync::Arc<dyn SessionStore>,
+    /// Throttling counters.
+    pub limits: std::sync::Arc<dyn LimitStore>,
+    /// Server secrets.
+    pub keys: std::sync::Arc<dyn KeyStore>,
+    /// The `/profile` cache.
+    pub profiles: std::sync::Arc<dyn ProfileCache>,
+}
 
 /// A storage failure. Callers map `Unavailable` to 503; there is no "not found" here, absence is
 /// `Option::None`.
@@ -152,4 +170,30 @@ pub trait LimitStore: Send + Sync + 'static {
     async fn hit(&self, key: &str, window: Duration, now: Timestamp) -> Result<u64, StoreError>;
     /// Forgets `key`.
     async fn clear(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// A cached `/profile` answer, in a storage-neutral shape.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CachedProfile {
+    /// User id.
+    pub id: UserId,
+    /// Username.
+    pub username: String,
+    /// Roles, comma-separated.
+    pub roles: String,
+    /// User creation time (Unix ms).
+    pub created_at: i64,
+    /// When this entry was cached (Unix ms).
+    pub cached_at: i64,
+}
+
+/// The `/profile` cache (in process, or Redis so every instance sees an invalidation).
+#[async_trait]
+pub trait ProfileCache: Send + Sync + 'static {
+    /// A cached profile, if fresh.
+    async fn get(&self, user: UserId) -> Result<Option<CachedProfile>, StoreError>;
+    /// Caches a profile for `ttl`.
+    async fn put(&self, profile: &CachedProfile, ttl: Duration) -> Result<(), StoreError>;
+    /// Drops a user's entry (any change to the user).
+    async fn invalidate(&self, user: UserId) -> Result<(), StoreError>;
 }

@@ -1,0 +1,915 @@
+//! The Redis backend for sessions, refresh-token families, login-throttling counters, the
+//! profile cache and the shared key ring: what lets any number of stateless instances share one
+//! deployment (standalone, Sentinel or Cluster).
+//!
+//! Key layout (`P` is `redis_key_prefix`, default `tessera`):
+//! - `P:{u:<user>}:s:<session>`  HASH, one session; PEXPIREAT = min(idle, absolute expiry)
+//! - `P:{u:<user>}:idx`          ZSET of the user's session ids by creation time; pruned on
+//!   every write, expires with the longest-lived session it lists
+//! - `P:{u:<user>}:profile`      STRING, cached `/profile` (JSON), EX 300
+//! - `P:rl:<counter>`            HASH {n, end}, one throttling window; PEXPIREAT = end
+//! - `P:keyring`                 STRING, the key ring (JSON)
+//!
+//! Every multi-key operation is one Lua script over keys of one user, and all of a user's keys
+//! share the `{u:<user>}` hash tag, so every script runs on Redis Cluster. Secrets are stored
+//! only as SHA-256 hashes. Times are Unix milliseconds from the domain clock, passed in, so the
+//! backend agrees with the embedded one on every expiry decision.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
+use tokio::sync::RwLock;
+
+use super::{
+    CachedProfile, KeyStore, LimitStore, ProfileCache, RefreshPresentation, Rotation, SessionStore,
+    StoreError,
+};
+use crate::domain::clock::Timestamp;
+use crate::domain::jwt::KeyRing;
+use crate::domain::session::{RefreshState, Session, SessionId};
+use crate::domain::user::{Roles, UserId, Username};
+
+/// Where the Redis deployment is, parsed from `redis_url`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// `redis://` or `rediss://` to one server.
+    Standalone(String),
+    /// `redis+sentinel://[user:pass@]h1:p1,h2:p2/<master name>[/<db>]`.
+    Sentinel {
+        /// Sentinel addresses as `redis://h:p` URLs.
+        sentinels: Vec<String>,
+        /// The monitored master's name.
+        master: String,
+        /// Password for the data nodes, if any.
+        password: Option<String>,
+        /// Database number.
+        db: i64,
+    },
+    /// `redis+cluster://h1:p1,h2:p2,…` or a comma-separated list of `redis://` seed URLs.
+    Cluster(Vec<String>),
+}
+
+impl Topology {
+    /// Parses a `redis_url` setting.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let url = url.trim();
+        if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+            let (auth, rest) = match rest.rsplit_once('@') {
+                Some((a, r)) => (Some(a), r),
+                None => (None, rest),
+            };
+            let (hosts, path) = rest
+                .split_once('/')
+                .ok_or("redis+sentinel:// needs /<master name>")?;
+            let mut parts = path.split('/');
+            let master = parts
+                .next()
+                .filter(|m| !m.is_empty())
+                .ok_or("missing master name")?;
+            let db = match parts.next() {
+                Some(d) if !d.is_empty() => d
+                    .parse()
+                    .map_err(|_| format!("bad database number {d:?}"))?,
+                _ => 0,
+            };
+            let password = auth.map(|a| a.split_once(':').map_or(a, |(_, p)| p).to_owned());
+            let sentinels: Vec<String> = hosts
+                .split(',')
+                .filter(|h| !h.is_empty())
+                .map(|h| format!("redis://{h}"))
+                .collect();
+            if sentinels.is_empty() {
+                return Err("redis+sentinel:// needs at least one sentinel address".into());
+            }
+            return Ok(Self::Sentinel {
+                sentinels,
+                master: master.to_owned(),
+                password,
+                db,
+            });
+        }
+        if let Some(rest) = url.strip_prefix("redis+cluster://") {
+            let nodes: Vec<String> = rest
+                .split(',')
+                .filter(|h| !h.is_empty())
+                .map(|h| format!("redis://{h}"))
+                .collect();
+            if nodes.is_empty() {
+                return Err("redis+cluster:// needs at least one seed node".into());
+            }
+            return Ok(Self::Cluster(nodes));
+        }
+        if url.contains(',') {
+            let nodes: Vec<String> = url.split(',').map(|s| s.trim().to_owned()).collect();
+            if nodes
+                .iter()
+                .all(|n| n.starts_with("redis://") || n.starts_with("rediss://"))
+            {
+                return Ok(Self::Cluster(nodes));
+            }
+            return Err("a cluster list is comma-separated redis:// URLs".into());
+        }
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            return Ok(Self::Standalone(url.to_owned()));
+        }
+        Err("expected redis://, rediss://, redis+sentinel://… or a cluster list".into())
+    }
+}
+
+/// One connection handle over any topology.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+struct SentinelState {
+    client: redis::sentinel::SentinelClient,
+}
+
+/// The Redis store. Cheap to clone.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: Arc<RwLock<Conn>>,
+    sentinel: Option<Arc<tokio::sync::Mutex<SentinelState>>>,
+    prefix: Arc<str>,
+    timeout: Duration,
+    scripts: Arc<Scripts>,
+}
+
+struct Scripts {
+    create: Script,
+    touch: Script,
+    revoke: Script,
+    revoke_all: Script,
+    rotate: Script,
+    set_roles: Script,
+    limit_hit: Script,
+}
+
+fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(timeout.max(Duration::from_millis(250))))
+        .set_response_timeout(Some(timeout.max(Duration::from_millis(250))))
+        .set_number_of_retries(1)
+}
+
+fn unavailable(e: RedisError) -> StoreError {
+    StoreError::Unavailable(format!("redis: {e}"))
+}
+
+impl RedisStore {
+    /// Connects to the deployment `topology` names.
+    pub async fn connect(
+        topology: &Topology,
+        prefix: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
+        let (conn, sentinel) = match topology {
+            Topology::Standalone(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                let m = ConnectionManager::new_with_config(client, manager_config(timeout)).await?;
+                (Conn::Single(m), None)
+            }
+            Topology::Cluster(nodes) => {
+                let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                    .connection_timeout(timeout.max(Duration::from_millis(250)))
+                    .response_timeout(timeout.max(Duration::from_millis(250)))
+                    .build()?;
+                (Conn::Cluster(client.get_async_connection().await?), None)
+            }
+            Topology::Sentinel {
+                sentinels,
+                master,
+                password,
+                db,
+            } => {
+                let mut node = redis::RedisConnectionInfo::default().set_db(*db);
+                if let Some(pw) = password {
+                    node = node.set_password(pw);
+                }
+                let info = redis::sentinel::SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(node);
+                let mut client = redis::sentinel::SentinelClient::build(
+                    sentinels.clone(),
+                    master.clone(),
+                    Some(info),
+                    redis::sentinel::SentinelServerType::Master,
+                )?;
+                let master_client = client.async_get_client().await?;
+                let m = ConnectionManager::new_with_config(master_client, manager_config(timeout))
+                    .await?;
+                (
+                    Conn::Single(m),
+                    Some(Arc::new(tokio::sync::Mutex::new(SentinelState { client }))),
+                )
+            }
+        };
+        Ok(Self {
+            conn: Arc::new(RwLock::new(conn)),
+            sentinel,
+            prefix: prefix.into(),
+            timeout,
+            scripts: Arc::new(Scripts {
+                create: Script::new(CREATE),
+                touch: Script::new(TOUCH),
+                revoke: Script::new(REVOKE),
+                revoke_all: Script::new(REVOKE_ALL),
+                rotate: Script::new(ROTATE),
+                set_roles: Script::new(SET_ROLES),
+                limit_hit: Script::new(LIMIT_HIT),
+            }),
+        })
+    }
+
+    /// The eviction policy, for the start-up warning: anything but `noeviction` may drop auth
+    /// keys under memory pressure (every key of ours has a TTL, so `volatile-*` can too).
+    pub async fn maxmemory_policy(&self) -> Option<String> {
+        let mut c = self.conn.read().await.clone();
+        let v: Vec<String> = redis::cmd("CONFIG")
+            .arg("GET")
+            .arg("maxmemory-policy")
+            .query_async(&mut c)
+            .await
+            .ok()?;
+        v.get(1).cloned()
+    }
+
+    /// Runs `f` on a connection under the store deadline; after a failure behind Sentinel, asks
+    /// the sentinels for the current master so a failover is followed without a restart.
+    async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let conn = self.conn.read().await.clone();
+        let result = tokio::time::timeout(self.timeout, f(conn)).await;
+        match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if self.sentinel.is_some() && needs_rediscovery(&e) {
+                    self.rediscover().await;
+                }
+                Err(unavailable(e))
+            }
+            Err(_) => {
+                if self.sentinel.is_some() {
+                    self.rediscover().await;
+                }
+                Err(StoreError::Unavailable(
+                    "redis did not answer in time".into(),
+                ))
+            }
+        }
+    }
+
+    async fn rediscover(&self) {
+        let Some(sentinel) = &self.sentinel else {
+            return;
+        };
+        let Ok(mut state) = sentinel.try_lock() else {
+            return;
+        }; // someone else is on it
+        let found = tokio::time::timeout(self.timeout * 4, async {
+            let client = state.client.async_get_client().await?;
+            ConnectionManager::new_with_config(client, manager_config(self.timeout)).await
+        })
+        .await;
+        match found {
+            Ok(Ok(m)) => {
+                *self.conn.write().await = Conn::Single(m);
+                tracing::info!("redis master re-discovered through sentinel");
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "sentinel master discovery failed"),
+            Err(_) => tracing::warn!("sentinel master discovery timed out"),
+        }
+    }
+
+    fn user_tag(&self, user: UserId) -> String {
+        format!("{}:{{u:{}}}", self.prefix, user.0.simple())
+    }
+
+    fn session_key(&self, user: UserId, id: SessionId) -> String {
+        format!("{}:s:{}", self.user_tag(user), id.0.simple())
+    }
+
+    fn session_prefix(&self, user: UserId) -> String {
+        format!("{}:s:", self.user_tag(user))
+    }
+
+    fn index_key(&self, user: UserId) -> String {
+        format!("{}:idx", self.user_tag(user))
+    }
+
+    fn limit_key(&self, key: &str) -> String {
+        format!("{}:rl:{key}", self.prefix)
+    }
+}
+
+fn needs_rediscovery(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+}
+
+fn session_fields(s: &Session) -> Vec<(&'static str, Vec<u8>)> {
+    let mut f: Vec<(&'static str, Vec<u8>)> = vec![
+        ("u", s.username.as_str().as_bytes().to_vec()),
+        ("r", s.roles.to_csv().into_bytes()),
+        ("c", s.created_at.as_millis().to_string().into_bytes()),
+        ("l", s.last_seen_at.as_millis().to_string().into_bytes()),
+        ("i", s.idle_expires_at.as_millis().to_string().into_bytes()),
+        (
+            "a",
+            s.absolute_expires_at.as_millis().to_string().into_bytes(),
+        ),
+        ("g", s.refresh.generation.to_string().into_bytes()),
+        ("h", s.refresh.hash.to_vec()),
+    ];
+    if let Some(ua) = &s.user_agent {
+        f.push(("ua", ua.as_bytes().to_vec()));
+    }
+    if let Some(ip) = &s.ip {
+        f.push(("ip", ip.as_bytes().to_vec()));
+    }
+    f
+}
+
+fn parse_session(
+    user: UserId,
+    id: SessionId,
+    fields: HashMap<String, Vec<u8>>,
+) -> Result<Option<Session>, StoreError> {
+    if fields.is_empty() {
+        return Ok(None);
+    }
+    let corrupt =
+        |what: &str| StoreError::Unexpected(anyhow::anyhow!("corrupt redis session field {what}"));
+    let text = |k: &str| -> Result<String, StoreError> {
+        let v = fields.get(k).ok_or_else(|| corrupt(k))?;
+        String::from_utf8(v.clone()).map_err(|_| corrupt(k))
+    };
+    let int = |k: &str| -> Result<i64, StoreError> { text(k)?.parse().map_err(|_| corrupt(k)) };
+    let hash = |k: &str| -> Result<Option<[u8; 32]>, StoreError> {
+        fields
+            .get(k)
+            .map(|v| <[u8; 32]>::try_from(v.as_slice()).map_err(|_| corrupt(k)))
+            .transpose()
+    };
+    let opt_text = |k: &str| {
+        fields
+            .get(k)
+            .and_then(|v| String::from_utf8(v.clone()).ok())
+    };
+    Ok(Some(Session {
+        id,
+        user_id: user,
+        username: Username::parse(&text("u")?).map_err(|_| corrupt("u"))?,
+        roles: Roles::from_csv(&text("r")?),
+        created_at: Timestamp::from_millis(int("c")?),
+        last_seen_at: Timestamp::from_millis(int("l")?),
+        idle_expires_at: Timestamp::from_millis(int("i")?),
+        absolute_expires_at: Timestamp::from_millis(int("a")?),
+        user_agent: opt_text("ua"),
+        ip: opt_text("ip"),
+        refresh: RefreshState {
+            generation: u64::try_from(int("g")?).map_err(|_| corrupt("g"))?,
+            hash: hash("h")?.ok_or_else(|| corrupt("h"))?,
+            prev_hash: hash("p")?,
+            rotated_at: fields
+                .get("t")
+                .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
+                .map(Timestamp::from_millis),
+        },
+    }))
+}
+
+fn pairs_to_map(flat: Vec<Vec<u8>>) -> HashMap<String, Vec<u8>> {
+    let mut map = HashMap::new();
+    let mut it = flat.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        if let Ok(k) = String::from_utf8(k) {
+            map.insert(k, v);
+        }
+    }
+    map
+}
+
+/// Creates a session and evicts the oldest live ones beyond the limit, pruning the index.
+const CREATE: &str = r"
+local idx, prefix, now, max = KEYS[2], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local live = {}
+for _, m in ipairs(redis.call('ZRANGE', idx, 0, -1)) do
+  local e = redis.call('HMGET', prefix .. m, 'i', 'a')
+  if e[1] and math.min(tonumber(e[1]), tonumber(e[2])) > now then
+    table.insert(live, m)
+  else
+    redis.call('DEL', prefix .. m)
+    redis.call('ZREM', idx, m)
+  end
+end
+local evicted = {}
+for i = 1, #live + 1 - max do
+  redis.call('DEL', prefix .. live[i])
+  redis.call('ZREM', idx, live[i])
+  table.insert(evicted, live[i])
+end
+local fields = {}
+for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(fields))
+redis.call('PEXPIREAT', KEYS[1], ARGV[5])
+redis.call('ZADD', idx, ARGV[7], ARGV[1])
+if redis.call('PEXPIRETIME', idx) < tonumber(ARGV[6]) then
+  redis.call('PEXPIREAT', idx, ARGV[6])
+end
+return evicted
+";
+
+/// Records a use: last seen and the slid idle expiry.
+const TOUCH: &str = r"
+local e = redis.call('HMGET', KEYS[1], 'i', 'a')
+if not e[1] then return 0 end
+local abs = tonumber(e[2])
+if math.min(tonumber(e[1]), abs) <= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'l', ARGV[1], 'i', ARGV[2])
+redis.call('PEXPIREAT', KEYS[1], math.min(tonumber(ARGV[2]), abs))
+return 1
+";
+
+/// Revokes one session.
+const REVOKE: &str = r"
+redis.call('ZREM', KEYS[2], ARGV[1])
+return redis.call('DEL', KEYS[1])
+";
+
+/// Revokes every session of a user but one.
+const REVOKE_ALL: &str = r"
+local n = 0
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if m ~= ARGV[2] then
+    n = n + redis.call('DEL', ARGV[1] .. m)
+    redis.call('ZREM', KEYS[1], m)
+  end
+end
+return n
+";
+
+/// Refresh rotation with reuse detection: the same rule as `RefreshState::decide`.
+const ROTATE: &str = r"
+local flat = redis.call('HGETALL', KEYS[1])
+if #flat == 0 then return {'invalid'} end
+local h = {}
+for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
+local now, abs = tonumber(ARGV[4]), tonumber(h['a'])
+if math.min(tonumber(h['i']), abs) <= now then return {'invalid'} end
+local gen, pgen = tonumber(h['g']), tonumber(ARGV[1])
+if pgen == gen then
+  if ARGV[2] ~= h['h'] then return {'invalid'} end
+  local idle = math.min(now + tonumber(ARGV[6]), abs)
+  redis.call('HSET', KEYS[1], 'g', ARGV[8], 'h', ARGV[3], 'p', ARGV[2], 't', ARGV[4], 'l', ARGV[4], 'i', idle)
+  redis.call('PEXPIREAT', KEYS[1], idle)
+  local out = {'rotated'}
+  for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
+  return out
+end
+local t = tonumber(h['t'] or '0')
+if pgen + 1 == gen and h['p'] == ARGV[2] and (now < t + tonumber(ARGV[5]) or now == t) then
+  local out = {'grace'}
+  for _, v in ipairs(flat) do out[#out + 1] = v end
+  return out
+end
+if pgen < gen then
+  redis.call('DEL', KEYS[1])
+  redis.call('ZREM', KEYS[2], ARGV[7])
+  return {'reused'}
+end
+return {'invalid'}
+";
+
+/// Copies new roles into every live session of a user.
+const SET_ROLES: &str = r"
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('EXISTS', ARGV[1] .. m) == 1 then
+    redis.call('HSET', ARGV[1] .. m, 'r', ARGV[2])
+  end
+end
+return 1
+";
+
+/// Counts a failure in a fixed window that starts at the first failure.
+const LIMIT_HIT: &str = r"
+local now = tonumber(ARGV[1])
+local e = redis.call('HMGET', KEYS[1], 'n', 'end')
+if e[2] and tonumber(e[2]) > now then
+  return redis.call('HINCRBY', KEYS[1], 'n', 1)
+end
+local window_end = now + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'n', 1, 'end', window_end)
+redis.call('PEXPIREAT', KEYS[1], window_end)
+return 1
+";
+
+#[async_trait]
+impl SessionStore for RedisStore {
+    async fn create(
+        &self,
+        session: &Session,
+        max_per_user: usize,
+        now: Timestamp,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let key = self.session_key(session.user_id, session.id);
+        let idx = self.index_key(session.user_id);
+        let prefix = self.session_prefix(session.user_id);
+        let evicted: Vec<String> = self
+            .run(|mut c| async move {
+                let mut inv = self.scripts.create.prepare_invoke();
+                inv.key(&key)
+                    .key(&idx)
+                    .arg(session.id.0.simple().to_string())
+                    .arg(&prefix)
+                    .arg(now.as_millis())
+                    .arg(max_per_user.max(1))
+                    .arg(session.expires_at().as_millis())
+                    .arg(session.absolute_expires_at.as_millis())
+                    .arg(session.created_at.as_millis());
+                for (k, v) in session_fields(session) {
+                    inv.arg(k).arg(v);
+                }
+                inv.invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(evicted.iter().filter_map(|s| SessionId::parse(s)).collect())
+    }
+
+    async fn get(
+        &self,
+        user: UserId,
+        id: SessionId,
+        now: Timestamp,
+    ) -> Result<Option<Session>, StoreError> {
+        let key = self.session_key(user, id);
+        let flat: Vec<Vec<u8>> = self
+            .run(|mut c| async move { redis::cmd("HGETALL").arg(&key).query_async(&mut c).await })
+            .await?;
+        Ok(parse_session(user, id, pairs_to_map(flat))?.filter(|s| s.is_alive(now)))
+    }
+
+    async fn touch(
+        &self,
+        user: UserId,
+        id: SessionId,
+        now: Timestamp,
+        idle_expires_at: Timestamp,
+    ) -> Result<(), StoreError> {
+        let key = self.session_key(user, id);
+        let _: i64 = self
+            .run(|mut c| async move {
+                self.scripts
+                    .touch
+                    .key(&key)
+                    .arg(now.as_millis())
+                    .arg(idle_expires_at.as_millis())
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn list(&self, user: UserId, now: Timestamp) -> Result<Vec<Session>, StoreError> {
+        let idx = self.index_key(user);
+        let ids: Vec<String> = self
+            .run(|mut c| async move {
+                redis::cmd("ZRANGE")
+                    .arg(&idx)
+                    .arg(0)
+                    .arg(-1)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let ids: Vec<SessionId> = ids.iter().filter_map(|s| SessionId::parse(s)).collect();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.session_key(user, *id)).collect();
+        let all: Vec<Vec<Vec<u8>>> = self
+            .run(|mut c| async move {
+                let mut p = redis::pipe();
+                for k in &keys {
+                    p.cmd("HGETALL").arg(k);
+                }
+                p.query_async(&mut c).await
+            })
+            .await?;
+        let mut out = Vec::new();
+        for (id, flat) in ids.into_iter().zip(all) {
+            if let Some(s) = parse_session(user, id, pairs_to_map(flat))? {
+                if s.is_alive(now) {
+                    out.push(s);
+                }
+            }
+        }
+        out.sort_by_key(|s| (s.created_at, s.id));
+        Ok(out)
+    }
+
+    async fn revoke(&self, user: UserId, id: SessionId) -> Result<bool, StoreError> {
+        let (key, idx) = (self.session_key(user, id), self.index_key(user));
+        let n: i64 = self
+            .run(|mut c| async move {
+                self.scripts
+                    .revoke
+                    .key(&key)
+                    .key(&idx)
+                    .arg(id.0.simple().to_string())
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(n == 1)
+    }
+
+    async fn revoke_all(&self, user: UserId, keep: Option<SessionId>) -> Result<u64, StoreError> {
+        let (idx, prefix) = (self.index_key(user), self.session_prefix(user));
+        let keep = keep.map(|k| k.0.simple().to_string()).unwrap_or_default();
+        let n: u64 = self
+            .run(|mut c| async move {
+                self.scripts
+                    .revoke_all
+                    .key(&idx)
+                    .arg(&prefix)
+                    .arg(&keep)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(n)
+    }
+
+    async fn rotate_refresh(
+        &self,
+        user: UserId,
+        id: SessionId,
+        p: &RefreshPresentation,
+        now: Timestamp,
+    ) -> Result<Rotation, StoreError> {
+        let (key, idx) = (self.session_key(user, id), self.index_key(user));
+        let reply: Vec<Vec<u8>> = self
+            .run(|mut c| async move {
+                self.scripts
+                    .rotate
+                    .key(&key)
+                    .key(&idx)
+                    .arg(p.generation)
+                    .arg(p.hash.as_slice())
+                    .arg(p.successor_hash.as_slice())
+                    .arg(now.as_millis())
+                    .arg(p.grace.as_millis() as u64)
+                    .arg(p.idle_timeout.as_millis() as u64)
+                    .arg(id.0.simple().to_string())
+                    .arg(p.generation + 1)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        let mut it = reply.into_iter();
+        let status = it.next().unwrap_or_default();
+        let session = || parse_session(user, id, pairs_to_map(it.collect()));
+        Ok(match status.as_slice() {
+            b"rotated" => session()?.map_or(Rotation::Invalid, Rotation::Rotated),
+            b"grace" => session()?.map_or(Rotation::Invalid, Rotation::Grace),
+            b"reused" => Rotation::Reused,
+            _ => Rotation::Invalid,
+        })
+    }
+
+    async fn set_roles(&self, user: UserId, roles: &Roles) -> Result<(), StoreError> {
+        let (idx, prefix, csv) = (
+            self.index_key(user),
+            self.session_prefix(user),
+            roles.to_csv(),
+        );
+        let _: i64 = self
+            .run(|mut c| async move {
+                self.scripts
+                    .set_roles
+                    .key(&idx)
+                    .arg(&prefix)
+                    .arg(&csv)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn sweep(&self, _now: Timestamp) -> Result<u64, StoreError> {
+        // Redis expires sessions by itself (PEXPIREAT) and indexes are pruned on every write.
+        Ok(0)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let _: String = self
+            .run(|mut c| async move { redis::cmd("PING").query_async(&mut c).await })
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl LimitStore for RedisStore {
+    async fn get(&self, key: &str, now: Timestamp) -> Result<(u64, Option<Timestamp>), StoreError> {
+        let key = self.limit_key(key);
+        let (n, end): (Option<u64>, Option<i64>) = self
+            .run(|mut c| async move {
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg("n")
+                    .arg("end")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(match (n, end) {
+            (Some(n), Some(end)) if now.as_millis() < end => (n, Some(Timestamp::from_millis(end))),
+            _ => (0, None),
+        })
+    }
+
+    async fn hit(&self, key: &str, window: Duration, now: Timestamp) -> Result<u64, StoreError> {
+        let key = self.limit_key(key);
+        self.run(|mut c| async move {
+            self.scripts
+                .limit_hit
+                .key(&key)
+                .arg(now.as_millis())
+                .arg(window.as_millis() as u64)
+                .invoke_async(&mut c)
+                .await
+        })
+        .await
+    }
+
+    async fn clear(&self, key: &str) -> Result<(), StoreError> {
+        let key = self.limit_key(key);
+        let _: i64 = self
+            .run(|mut c| async move { redis::cmd("DEL").arg(&key).query_async(&mut c).await })
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl KeyStore for RedisStore {
+    async fn load(&self) -> Result<Option<KeyRing>, StoreError> {
+        let key = format!("{}:keyring", self.prefix);
+        let raw: Option<String> = self
+            .run(|mut c| async move { redis::cmd("GET").arg(&key).query_async(&mut c).await })
+            .await?;
+        raw.map(|r| serde_json::from_str(&r).map_err(|e| StoreError::Unexpected(e.into())))
+            .transpose()
+    }
+
+    async fn init(&self, ring: &KeyRing) -> Result<KeyRing, StoreError> {
+        let key = format!("{}:keyring", self.prefix);
+        let json = serde_json::to_string(ring).map_err(|e| StoreError::Unexpected(e.into()))?;
+        // SET NX: when several instances start at once, the first ring wins and all agree.
+        let _: Option<String> = self
+            .run(|mut c| async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&json)
+                    .arg("NX")
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        self.load()
+            .await?
+            .ok_or_else(|| StoreError::Unavailable("key ring vanished".into()))
+    }
+
+    async fn save(&self, ring: &KeyRing) -> Result<(), StoreError> {
+        let key = format!("{}:keyring", self.prefix);
+        let json = serde_json::to_string(ring).map_err(|e| StoreError::Unexpected(e.into()))?;
+        let _: String = self
+            .run(|mut c| async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&json)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ProfileCache for RedisStore {
+    async fn get(&self, user: UserId) -> Result<Option<CachedProfile>, StoreError> {
+        let key = format!("{}:profile", self.user_tag(user));
+        let raw: Option<String> = self
+            .run(|mut c| async move { redis::cmd("GET").arg(&key).query_async(&mut c).await })
+            .await?;
+        Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+    }
+
+    async fn put(&self, profile: &CachedProfile, ttl: Duration) -> Result<(), StoreError> {
+        let key = format!("{}:profile", self.user_tag(profile.id));
+        let json = serde_json::to_string(profile).map_err(|e| StoreError::Unexpected(e.into()))?;
+        let _: String = self
+            .run(|mut c| async move {
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(&json)
+                    .arg("PX")
+                    .arg(ttl.as_millis() as u64)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn invalidate(&self, user: UserId) -> Result<(), StoreError> {
+        let key = format!("{}:profile", self.user_tag(user));
+        let _: i64 = self
+            .run(|mut c| async move { redis::cmd("DEL").arg(&key).query_async(&mut c).await })
+            .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redis_urls_name_their_topology() {
+        assert_eq!(
+            Topology::parse("redis://127.0.0.1:6379/0"),
+            Ok(Topology::Standalone("redis://127.0.0.1:6379/0".into()))
+        );
+        assert_eq!(
+            Topology::parse("redis+cluster://a:1,b:2"),
+            Ok(Topology::Cluster(vec![
+                "redis://a:1".into(),
+                "redis://b:2".into()
+            ]))
+        );
+        assert_eq!(
+            Topology::parse("redis://a:1,redis://b:2"),
+            Ok(Topology::Cluster(vec![
+                "redis://a:1".into(),
+                "redis://b:2".into()
+            ]))
+        );
+        assert_eq!(
+            Topology::parse("redis+sentinel://:pw@s1:26379,s2:26379/mymaster/2"),
+            Ok(Topology::Sentinel {
+                sentinels: vec!["redis://s1:26379".into(), "redis://s2:26379".into()],
+                master: "mymaster".into(),
+                password: Some("pw".into()),
+                db: 2,
+            })
+        );
+        assert!(Topology::parse("redis+sentinel://s1:26379").is_err());
+        assert!(Topology::parse("http://x").is_err());
+    }
+}
