@@ -58,6 +58,9 @@ pub enum AuthError {
     /// Bad role name.
     #[error(transparent)]
     InvalidRole(#[from] InvalidRole),
+    /// An imported password hash in a format we cannot verify.
+    #[error("the password hash is neither bcrypt nor argon2 (PHC)")]
+    InvalidHash,
     /// Password policy.
     #[error(transparent)]
     WeakPassword(#[from] WeakPassword),
@@ -722,6 +725,34 @@ impl Auth {
         };
         self.users.create(&user).await?;
         tracing::info!(target: "audit", event = "user_created", user = %user.username);
+        Ok(user)
+    }
+
+    /// Creates a user from an existing password hash (migration from another system): bcrypt
+    /// (`$2a$/$2b$/$2y$`) or an argon2 PHC string. The hash is upgraded at the first login.
+    pub async fn import_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        roles: &[String],
+    ) -> Result<User, AuthError> {
+        let username = Username::parse(username)?;
+        let roles = parse_roles(roles)?;
+        if !password::is_supported_hash(password_hash) {
+            return Err(AuthError::InvalidHash);
+        }
+        let now = self.now();
+        let user = User {
+            id: UserId::new(),
+            username,
+            password_hash: password_hash.to_owned(),
+            roles,
+            disabled: false,
+            created_at: now,
+            updated_at: now,
+        };
+        self.users.create(&user).await?;
+        tracing::info!(target: "audit", event = "user_imported", user = %user.username);
         Ok(user)
     }
 

@@ -193,6 +193,18 @@ impl PasswordHasher {
     }
 }
 
+/// Whether `hash` is a format [`PasswordHasher::verify`] understands: bcrypt with a valid cost,
+/// or an argon2 PHC string.
+pub fn is_supported_hash(hash: &str) -> bool {
+    if is_bcrypt(hash) {
+        return hash.len() == 60
+            && hash[4..6]
+                .parse::<u32>()
+                .is_ok_and(|c| (4..=31).contains(&c));
+    }
+    PasswordHash::new(hash).is_ok_and(|h| h.algorithm.as_str().starts_with("argon2"))
+}
+
 fn is_bcrypt(hash: &str) -> bool {
     ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p))
 }

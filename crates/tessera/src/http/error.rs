@@ -142,6 +142,7 @@ impl From<AuthError> for ApiError {
                 Self::new(S::UNPROCESSABLE_ENTITY, "invalid_username", detail)
             }
             AuthError::InvalidRole(_) => Self::new(S::UNPROCESSABLE_ENTITY, "invalid_role", detail),
+            AuthError::InvalidHash => Self::new(S::UNPROCESSABLE_ENTITY, "invalid_hash", detail),
             AuthError::WeakPassword(_) => {
                 Self::new(S::UNPROCESSABLE_ENTITY, "weak_password", detail)
             }

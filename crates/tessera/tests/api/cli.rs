@@ -18,9 +18,10 @@ fn tessera(dir: &Path) -> Command {
     c
 }
 
-/// Runs a CLI command, feeding `stdin`.
-async fn run(dir: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut cmd = tessera(dir);
+/// Runs a CLI command against `app`'s stores, feeding `stdin`.
+async fn run(app: &TestApp, args: &[&str], stdin: &str) -> Output {
+    let mut cmd = tessera(app.dir.path());
+    cmd.envs(app.backend.iter().map(|(k, v)| (k, v)));
     cmd.args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -52,10 +53,9 @@ fn ok(out: &Output) -> String {
 #[tokio::test]
 async fn cli_user_commands_act_on_a_running_servers_store() {
     let app = spawn_app().await;
-    let dir = app.dir.path();
 
     ok(&run(
-        dir,
+        &app,
         &[
             "user",
             "add",
@@ -68,7 +68,7 @@ async fn cli_user_commands_act_on_a_running_servers_store() {
     )
     .await);
     let t = app.login("olive", "olive's passphrase").await;
-    let list = ok(&run(dir, &["user", "list"], "").await);
+    let list = ok(&run(&app, &["user", "list"], "").await);
     assert!(
         list.lines()
             .any(|l| l.starts_with("olive") && l.contains("admin") && l.contains("active")),
@@ -76,7 +76,7 @@ async fn cli_user_commands_act_on_a_running_servers_store() {
     );
 
     let out = run(
-        dir,
+        &app,
         &["user", "add", "olive", "--password-stdin"],
         "another passphrase\n",
     )
@@ -84,7 +84,7 @@ async fn cli_user_commands_act_on_a_running_servers_store() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("taken"));
     let out = run(
-        dir,
+        &app,
         &["user", "add", "weakling", "--password-stdin"],
         "password\n",
     )
@@ -92,7 +92,7 @@ async fn cli_user_commands_act_on_a_running_servers_store() {
     assert!(!out.status.success());
 
     ok(&run(
-        dir,
+        &app,
         &["user", "passwd", "olive", "--password-stdin"],
         "olive's second passphrase\n",
     )
@@ -104,7 +104,7 @@ async fn cli_user_commands_act_on_a_running_servers_store() {
     );
     let t = app.login("olive", "olive's second passphrase").await;
 
-    ok(&run(dir, &["user", "disable", "olive"], "").await);
+    ok(&run(&app, &["user", "disable", "olive"], "").await);
     assert_eq!(
         app.verify_status(&t.access).await,
         StatusCode::UNAUTHORIZED,
@@ -116,32 +116,31 @@ async fn cli_user_commands_act_on_a_running_servers_store() {
             .status(),
         StatusCode::UNAUTHORIZED
     );
-    assert!(ok(&run(dir, &["user", "list"], "").await).contains("disabled"));
-    ok(&run(dir, &["user", "enable", "olive"], "").await);
+    assert!(ok(&run(&app, &["user", "list"], "").await).contains("disabled"));
+    ok(&run(&app, &["user", "enable", "olive"], "").await);
     let t = app.login("olive", "olive's second passphrase").await;
 
-    ok(&run(dir, &["user", "delete", "olive"], "").await);
+    ok(&run(&app, &["user", "delete", "olive"], "").await);
     assert_eq!(
         app.verify_status(&t.access).await,
         StatusCode::UNAUTHORIZED,
         "delete revokes sessions"
     );
-    let out = run(dir, &["user", "delete", "olive"], "").await;
+    let out = run(&app, &["user", "delete", "olive"], "").await;
     assert!(!out.status.success());
 }
 
 #[tokio::test]
 async fn cli_key_rotation_reaches_a_running_server_within_ten_seconds() {
     let app = spawn_app().await;
-    let dir = app.dir.path();
     let before = app.login("admin", ADMIN_PASSWORD).await;
 
-    let listed = ok(&run(dir, &["keys", "list"], "").await);
+    let listed = ok(&run(&app, &["keys", "list"], "").await);
     assert_eq!(listed.lines().count(), 1);
     assert!(listed.contains(" EdDSA active "), "{listed}");
 
-    ok(&run(dir, &["keys", "rotate"], "").await);
-    let listed = ok(&run(dir, &["keys", "list"], "").await);
+    ok(&run(&app, &["keys", "rotate"], "").await);
+    let listed = ok(&run(&app, &["keys", "list"], "").await);
     assert_eq!(
         listed.lines().filter(|l| l.contains(" active ")).count(),
         1,
@@ -219,6 +218,9 @@ fn serve(dir: &Path, env: &[(&str, &str)]) -> Server {
 
 #[tokio::test]
 async fn first_start_prints_a_random_admin_password_once() {
+    if !embedded() {
+        return; // a process-level test of the embedded default
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut s = serve(dir.path(), &[]);
     let line = s
@@ -252,6 +254,9 @@ async fn first_start_prints_a_random_admin_password_once() {
 
 #[tokio::test]
 async fn a_session_survives_kill_9_of_the_server() {
+    if !embedded() {
+        return; // a process-level test of the embedded default
+    }
     let dir = tempfile::tempdir().unwrap();
     let env = [("TESSERA_ADMIN_PASSWORD", ADMIN_PASSWORD)];
     let mut s = serve(dir.path(), &env);
@@ -283,6 +288,9 @@ async fn a_session_survives_kill_9_of_the_server() {
 
 #[tokio::test]
 async fn sigterm_stops_the_server_with_exit_code_0() {
+    if !embedded() {
+        return; // a process-level test of the embedded default
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut s = serve(dir.path(), &[("TESSERA_ADMIN_PASSWORD", ADMIN_PASSWORD)]);
     let pid = s.child.id().to_string();
@@ -296,6 +304,9 @@ async fn sigterm_stops_the_server_with_exit_code_0() {
 
 #[tokio::test]
 async fn an_invalid_setting_stops_start_up_naming_the_key_and_its_source() {
+    if !embedded() {
+        return; // a process-level test of the embedded default
+    }
     let dir = tempfile::tempdir().unwrap();
     let out = tokio::task::spawn_blocking({
         let mut cmd = tessera(dir.path());

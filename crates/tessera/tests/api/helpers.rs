@@ -25,6 +25,8 @@ pub struct TestApp {
     pub dir: Arc<TempDir>,
     pub auth: Arc<Auth>,
     pub clock: Arc<ManualClock>,
+    /// The backend settings, to start another instance or a restart on the same stores.
+    pub backend: Vec<(String, String)>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -36,9 +38,44 @@ pub struct Tokens {
     pub refresh: String,
 }
 
-/// Settings for a test: port 0, the given data dir, known admin password, plus `env` overrides
-/// as the environment would give them.
-pub fn settings(dir: &std::path::Path, env: &[(&str, &str)]) -> Settings {
+/// Which stores the end-to-end suite runs on: `TESSERA_TEST_BACKEND=redis-postgres` runs it
+/// again on Redis (sessions, limits, cache, keys) and PostgreSQL (users).
+pub fn embedded() -> bool {
+    std::env::var("TESSERA_TEST_BACKEND").map_or(true, |b| b != "redis-postgres")
+}
+
+/// Settings of the backend a new test app uses: nothing for the embedded store; a fresh Redis
+/// key prefix and a fresh PostgreSQL database otherwise.
+pub async fn backend_env() -> Vec<(String, String)> {
+    if embedded() {
+        Vec::new()
+    } else {
+        redis_postgres_env().await
+    }
+}
+
+/// Redis + PostgreSQL settings with a private key prefix and database.
+pub async fn redis_postgres_env() -> Vec<(String, String)> {
+    vec![
+        ("TESSERA_REDIS_URL".into(), crate::servers::redis().url()),
+        (
+            "TESSERA_REDIS_KEY_PREFIX".into(),
+            crate::servers::unique_prefix(),
+        ),
+        (
+            "TESSERA_DATABASE_URL".into(),
+            crate::servers::postgres().fresh_database().await,
+        ),
+    ]
+}
+
+/// Settings for a test: port 0, the given data dir, known admin password, the backend, plus
+/// `env` overrides as the environment would give them.
+pub fn settings(
+    dir: &std::path::Path,
+    backend: &[(String, String)],
+    env: &[(&str, &str)],
+) -> Settings {
     let args = SettingsArgs {
         listen: Some("127.0.0.1:0".into()),
         data_dir: Some(dir.display().to_string()),
@@ -46,6 +83,7 @@ pub fn settings(dir: &std::path::Path, env: &[(&str, &str)]) -> Settings {
     };
     let mut vars: Vec<(String, String)> =
         vec![("TESSERA_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into())];
+    vars.extend(backend.iter().cloned());
     vars.extend(env.iter().map(|(k, v)| ((*k).into(), (*v).into())));
     Settings::load(&args, vars).expect("test settings are valid")
 }
@@ -57,13 +95,17 @@ pub async fn spawn_app() -> TestApp {
 /// Spawns a server with extra `TESSERA_*` settings.
 pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
     let dir = Arc::new(tempfile::tempdir().expect("temp dir"));
-    spawn_in(dir, env).await
+    spawn_in(dir, backend_env().await, env).await
 }
 
-/// Spawns a server on an existing data directory (restart tests).
-pub async fn spawn_in(dir: Arc<TempDir>, env: &[(&str, &str)]) -> TestApp {
+/// Spawns a server on an existing data directory and backend (restarts, several instances).
+pub async fn spawn_in(
+    dir: Arc<TempDir>,
+    backend: Vec<(String, String)>,
+    env: &[(&str, &str)],
+) -> TestApp {
     let clock = ManualClock::starting_now();
-    let app = Application::build_with_clock(settings(dir.path(), env), clock.clone())
+    let app = Application::build_with_clock(settings(dir.path(), &backend, env), clock.clone())
         .await
         .expect("app builds");
     let addr = app.local_addr();
@@ -78,6 +120,7 @@ pub async fn spawn_in(dir: Arc<TempDir>, env: &[(&str, &str)]) -> TestApp {
         dir,
         auth,
         clock,
+        backend,
         stop: Some(tx),
         task: Some(task),
     }
@@ -98,15 +141,16 @@ impl TestApp {
         format!("http://{}{}", self.addr, path)
     }
 
-    /// Stops the server and waits until it has released the data directory.
-    pub async fn stop(mut self) -> Arc<TempDir> {
+    /// Stops the server and waits until it has released the data directory; returns what a
+    /// restart needs.
+    pub async fn stop(mut self) -> (Arc<TempDir>, Vec<(String, String)>) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
-        Arc::clone(&self.dir)
+        (Arc::clone(&self.dir), self.backend.clone())
     }
 
     /// Creates a user directly through the service.

@@ -115,19 +115,9 @@ async fn a_form_post_to_login_is_refused_with_415_until_the_pages_exist() {
 #[tokio::test]
 async fn a_legacy_bcrypt_hash_logs_in_and_is_rehashed_to_argon2id() {
     let app = spawn_app().await;
-    app.add_user("legacy", &[]).await;
-    let mut user = app.auth.find_user("legacy").await.unwrap();
     // The original system's format: bcrypt `$2b$`.
-    user.password_hash = bcrypt::hash("old system password", 4).unwrap();
-    let store = tessera::store::sqlite::SqliteStore::open_file(
-        &app.dir.path().join("tessera.db"),
-        std::time::Duration::from_secs(5),
-    )
-    .await
-    .unwrap();
-    tessera::store::UserStore::update(&store, &user)
-        .await
-        .unwrap();
+    let legacy = bcrypt::hash("old system password", 4).unwrap();
+    app.auth.import_user("legacy", &legacy, &[]).await.unwrap();
 
     assert_eq!(
         app.login_raw("legacy", "old system passworD")

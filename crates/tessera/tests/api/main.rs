@@ -4,11 +4,14 @@
 //! temporary directory per test.
 
 mod helpers;
+mod servers;
 
 mod cli;
+mod contract;
 mod hostile;
 mod login;
 mod persistence;
+mod scaleout;
 mod sessions;
 mod tokens;
 mod users;

@@ -1,0 +1,473 @@
+//! One contract per storage trait, run against every backend: embedded SQLite/in-memory, Redis
+//! standalone and Redis Cluster for the session side; SQLite and PostgreSQL for users.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tessera::domain::clock::Timestamp;
+use tessera::domain::jwt::{KeyRing, SigningAlg};
+use tessera::domain::session::{RefreshState, Session, SessionId};
+use tessera::domain::user::{Roles, User, UserId, Username};
+use tessera::store::cache::MemoryProfileCache;
+use tessera::store::keyfile::KeyFile;
+use tessera::store::limits::MemoryLimits;
+use tessera::store::postgres::PgUserStore;
+use tessera::store::redis::{RedisStore, Topology};
+use tessera::store::sqlite::SqliteStore;
+use tessera::store::{CachedProfile, RefreshPresentation, Rotation, StoreError, Stores};
+
+use crate::servers;
+
+const T0: i64 = 1_800_000_000_000;
+const MIN: i64 = 60_000;
+
+fn t(ms: i64) -> Timestamp {
+    Timestamp::from_millis(T0 + ms)
+}
+
+async fn sqlite(dir: &TempDir) -> SqliteStore {
+    SqliteStore::open_file(&dir.path().join("c.db"), Duration::from_secs(5))
+        .await
+        .unwrap()
+}
+
+/// The session-side stores of `backend`, and the directory they may live in.
+async fn session_side(backend: &str) -> (Stores, TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = |topology: Topology| async move {
+        Arc::new(
+            RedisStore::connect(&topology, &servers::unique_prefix(), Duration::from_secs(5))
+                .await
+                .unwrap(),
+        )
+    };
+    let stores = match backend {
+        "embedded" => {
+            let db = Arc::new(sqlite(&dir).await);
+            Stores {
+                users: db.clone(),
+                sessions: db,
+                limits: Arc::new(MemoryLimits::default()),
+                keys: Arc::new(KeyFile::in_dir(dir.path())),
+                profiles: Arc::new(MemoryProfileCache::new(100, Duration::from_secs(300))),
+            }
+        }
+        "redis" | "cluster" => {
+            let topo = if backend == "redis" {
+                Topology::parse(&servers::redis().url()).unwrap()
+            } else {
+                Topology::parse(&servers::cluster().url()).unwrap()
+            };
+            let r = redis(topo).await;
+            Stores {
+                users: Arc::new(sqlite(&dir).await),
+                sessions: r.clone(),
+                limits: r.clone(),
+                keys: r.clone(),
+                profiles: r,
+            }
+        }
+        other => panic!("unknown backend {other}"),
+    };
+    (stores, dir)
+}
+
+fn session(user: UserId, created: i64) -> Session {
+    Session {
+        id: SessionId::new(),
+        user_id: user,
+        username: Username::parse("alice").unwrap(),
+        roles: Roles::from_csv("a,b"),
+        created_at: t(created),
+        last_seen_at: t(created),
+        idle_expires_at: t(created + 60 * MIN),
+        absolute_expires_at: t(created + 24 * 60 * MIN),
+        user_agent: Some("Agent/1 ünïcode".into()),
+        ip: Some("127.0.0.9".into()),
+        refresh: RefreshState {
+            generation: 0,
+            hash: [1; 32],
+            prev_hash: None,
+            rotated_at: None,
+        },
+    }
+}
+
+pub async fn a_created_session_reads_back_identically(s: &Stores) {
+    let u = UserId::new();
+    let sess = session(u, 0);
+    assert!(s.sessions.create(&sess, 10, t(0)).await.unwrap().is_empty());
+    assert_eq!(
+        s.sessions.get(u, sess.id, t(1)).await.unwrap(),
+        Some(sess.clone())
+    );
+    assert_eq!(
+        s.sessions.get(UserId::new(), sess.id, t(1)).await.unwrap(),
+        None,
+        "scoped to its user"
+    );
+    assert_eq!(
+        s.sessions.get(u, sess.id, t(60 * MIN)).await.unwrap(),
+        None,
+        "idle-expired is absent"
+    );
+}
+
+pub async fn creating_past_the_limit_evicts_the_oldest(s: &Stores) {
+    let u = UserId::new();
+    let a = session(u, 0);
+    let b = session(u, 1);
+    let c = session(u, 2);
+    s.sessions.create(&a, 2, t(0)).await.unwrap();
+    s.sessions.create(&b, 2, t(1)).await.unwrap();
+    let evicted = s.sessions.create(&c, 2, t(2)).await.unwrap();
+    assert_eq!(evicted, vec![a.id]);
+    let ids: Vec<SessionId> = s
+        .sessions
+        .list(u, t(3))
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(ids, vec![b.id, c.id]);
+}
+
+pub async fn expired_sessions_do_not_count_against_the_limit(s: &Stores) {
+    let u = UserId::new();
+    let mut old = session(u, 0);
+    old.idle_expires_at = t(MIN);
+    s.sessions.create(&old, 1, t(0)).await.unwrap();
+    let fresh = session(u, 2 * MIN);
+    assert!(
+        s.sessions
+            .create(&fresh, 1, t(2 * MIN))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(s.sessions.list(u, t(2 * MIN)).await.unwrap().len(), 1);
+}
+
+pub async fn touch_slides_idle_expiry(s: &Stores) {
+    let u = UserId::new();
+    let sess = session(u, 0);
+    s.sessions.create(&sess, 10, t(0)).await.unwrap();
+    s.sessions
+        .touch(u, sess.id, t(50 * MIN), t(110 * MIN))
+        .await
+        .unwrap();
+    let got = s
+        .sessions
+        .get(u, sess.id, t(100 * MIN))
+        .await
+        .unwrap()
+        .expect("still alive");
+    assert_eq!(got.last_seen_at, t(50 * MIN));
+    assert_eq!(got.idle_expires_at, t(110 * MIN));
+    // Touching an expired session does not revive it.
+    s.sessions
+        .touch(u, sess.id, t(200 * MIN), t(260 * MIN))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.sessions.get(u, sess.id, t(200 * MIN)).await.unwrap(),
+        None
+    );
+}
+
+pub async fn revoke_and_revoke_all_remove_sessions(s: &Stores) {
+    let u = UserId::new();
+    let (a, b, c) = (session(u, 0), session(u, 1), session(u, 2));
+    for x in [&a, &b, &c] {
+        s.sessions.create(x, 10, t(3)).await.unwrap();
+    }
+    assert!(s.sessions.revoke(u, a.id).await.unwrap());
+    assert!(!s.sessions.revoke(u, a.id).await.unwrap());
+    assert!(
+        !s.sessions.revoke(UserId::new(), b.id).await.unwrap(),
+        "not another user's"
+    );
+    assert_eq!(s.sessions.revoke_all(u, Some(c.id)).await.unwrap(), 1);
+    let left: Vec<SessionId> = s
+        .sessions
+        .list(u, t(4))
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(left, vec![c.id]);
+    assert_eq!(s.sessions.revoke_all(u, None).await.unwrap(), 1);
+    assert!(s.sessions.list(u, t(4)).await.unwrap().is_empty());
+}
+
+fn presentation(generation: u64, hash: u8, successor: u8) -> RefreshPresentation {
+    RefreshPresentation {
+        generation,
+        hash: [hash; 32],
+        successor_hash: [successor; 32],
+        grace: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(3600),
+    }
+}
+
+pub async fn refresh_rotation_grace_and_reuse(s: &Stores) {
+    let u = UserId::new();
+    let sess = session(u, 0);
+    s.sessions.create(&sess, 10, t(0)).await.unwrap();
+
+    let Rotation::Rotated(r) = s
+        .sessions
+        .rotate_refresh(u, sess.id, &presentation(0, 1, 2), t(MIN))
+        .await
+        .unwrap()
+    else {
+        panic!("the current token rotates");
+    };
+    assert_eq!(
+        (r.refresh.generation, r.refresh.hash, r.refresh.prev_hash),
+        (1, [2; 32], Some([1; 32]))
+    );
+    assert_eq!(r.idle_expires_at, t(61 * MIN), "a refresh is a use");
+
+    let grace = s
+        .sessions
+        .rotate_refresh(u, sess.id, &presentation(0, 1, 2), t(MIN + 9_000))
+        .await
+        .unwrap();
+    assert!(
+        matches!(grace, Rotation::Grace(ref g) if g.refresh.generation == 1),
+        "{grace:?}"
+    );
+
+    let bogus = s
+        .sessions
+        .rotate_refresh(u, sess.id, &presentation(1, 9, 3), t(MIN + 9_000))
+        .await
+        .unwrap();
+    assert_eq!(bogus, Rotation::Invalid);
+    assert!(
+        s.sessions
+            .get(u, sess.id, t(MIN + 9_000))
+            .await
+            .unwrap()
+            .is_some(),
+        "invalid changes nothing"
+    );
+
+    let reused = s
+        .sessions
+        .rotate_refresh(u, sess.id, &presentation(0, 1, 2), t(MIN + 10_000))
+        .await
+        .unwrap();
+    assert_eq!(reused, Rotation::Reused);
+    assert_eq!(
+        s.sessions.get(u, sess.id, t(MIN + 10_000)).await.unwrap(),
+        None,
+        "reuse revokes"
+    );
+    assert!(
+        s.sessions
+            .list(u, t(MIN + 10_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let gone = s
+        .sessions
+        .rotate_refresh(u, sess.id, &presentation(1, 2, 3), t(MIN + 10_000))
+        .await
+        .unwrap();
+    assert_eq!(gone, Rotation::Invalid);
+}
+
+pub async fn set_roles_updates_live_sessions(s: &Stores) {
+    let u = UserId::new();
+    let sess = session(u, 0);
+    s.sessions.create(&sess, 10, t(0)).await.unwrap();
+    s.sessions
+        .set_roles(u, &Roles::from_csv("ops"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.sessions
+            .get(u, sess.id, t(1))
+            .await
+            .unwrap()
+            .unwrap()
+            .roles
+            .to_csv(),
+        "ops"
+    );
+}
+
+pub async fn limit_windows_count_reset_and_clear(s: &Stores) {
+    let key = format!("k{}", UserId::new());
+    let w = Duration::from_secs(60);
+    assert_eq!(s.limits.get(&key, t(0)).await.unwrap(), (0, None));
+    assert_eq!(s.limits.hit(&key, w, t(0)).await.unwrap(), 1);
+    assert_eq!(s.limits.hit(&key, w, t(30_000)).await.unwrap(), 2);
+    assert_eq!(
+        s.limits.get(&key, t(59_999)).await.unwrap(),
+        (2, Some(t(60_000)))
+    );
+    assert_eq!(
+        s.limits.get(&key, t(60_000)).await.unwrap(),
+        (0, None),
+        "the window closed"
+    );
+    assert_eq!(
+        s.limits.hit(&key, w, t(60_000)).await.unwrap(),
+        1,
+        "a new window"
+    );
+    s.limits.clear(&key).await.unwrap();
+    assert_eq!(s.limits.get(&key, t(60_001)).await.unwrap(), (0, None));
+}
+
+pub async fn the_first_key_ring_wins_and_saves_replace_it(s: &Stores) {
+    let a = KeyRing::generate(SigningAlg::EdDSA, t(0)).unwrap();
+    let b = KeyRing::generate(SigningAlg::EdDSA, t(0)).unwrap();
+    assert_eq!(s.keys.init(&a).await.unwrap().mac_key, a.mac_key);
+    assert_eq!(
+        s.keys.init(&b).await.unwrap().mac_key,
+        a.mac_key,
+        "a second init agrees"
+    );
+    s.keys.save(&b).await.unwrap();
+    assert_eq!(s.keys.load().await.unwrap().unwrap().mac_key, b.mac_key);
+}
+
+pub async fn cached_profiles_read_back_until_invalidated(s: &Stores) {
+    let p = CachedProfile {
+        id: UserId::new(),
+        username: "bo".into(),
+        roles: "x".into(),
+        created_at: 1,
+        cached_at: 2,
+    };
+    assert_eq!(s.profiles.get(p.id).await.unwrap(), None);
+    s.profiles.put(&p, Duration::from_secs(300)).await.unwrap();
+    assert_eq!(s.profiles.get(p.id).await.unwrap(), Some(p.clone()));
+    s.profiles.invalidate(p.id).await.unwrap();
+    assert_eq!(s.profiles.get(p.id).await.unwrap(), None);
+}
+
+macro_rules! session_contract {
+    ($backend:ident) => {
+        mod $backend {
+            session_contract!(@tests $backend;
+                a_created_session_reads_back_identically,
+                creating_past_the_limit_evicts_the_oldest,
+                expired_sessions_do_not_count_against_the_limit,
+                touch_slides_idle_expiry,
+                revoke_and_revoke_all_remove_sessions,
+                refresh_rotation_grace_and_reuse,
+                set_roles_updates_live_sessions,
+                limit_windows_count_reset_and_clear,
+                the_first_key_ring_wins_and_saves_replace_it,
+                cached_profiles_read_back_until_invalidated
+            );
+        }
+    };
+    (@tests $backend:ident; $($test:ident),*) => {
+        $(
+            #[tokio::test]
+            async fn $test() {
+                let (stores, _dir) = super::session_side(stringify!($backend)).await;
+                super::$test(&stores).await;
+            }
+        )*
+    };
+}
+
+session_contract!(embedded);
+session_contract!(redis);
+session_contract!(cluster);
+
+// ----- users -----------------------------------------------------------------------------------
+
+fn user(name: &str) -> User {
+    User {
+        id: UserId::new(),
+        username: Username::parse(name).unwrap(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA".into(),
+        roles: Roles::from_csv("admin"),
+        disabled: false,
+        created_at: t(0),
+        updated_at: t(0),
+    }
+}
+
+async fn users_contract(store: &dyn tessera::store::UserStore) {
+    let a = user("ann");
+    store.create(&a).await.unwrap();
+    assert!(matches!(
+        store.create(&user("ann")).await,
+        Err(StoreError::Conflict)
+    ));
+    let got = store.by_username(&a.username).await.unwrap().unwrap();
+    assert_eq!(
+        (got.id, got.roles.to_csv(), got.created_at),
+        (a.id, "admin".into(), t(0))
+    );
+    assert_eq!(
+        store.by_id(a.id).await.unwrap().unwrap().username,
+        a.username
+    );
+    assert!(store.by_id(UserId::new()).await.unwrap().is_none());
+
+    let mut changed = got.clone();
+    changed.disabled = true;
+    changed.roles = Roles::from_csv("ops,billing");
+    changed.password_hash = "$2b$04$abcdefghijklmnopqrstuu".into();
+    changed.updated_at = t(5);
+    assert!(store.update(&changed).await.unwrap());
+    let got = store.by_id(a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            got.disabled,
+            got.roles.to_csv(),
+            got.password_hash.as_str(),
+            got.updated_at
+        ),
+        (
+            true,
+            "billing,ops".into(),
+            "$2b$04$abcdefghijklmnopqrstuu",
+            t(5)
+        )
+    );
+
+    store.create(&user("bea")).await.unwrap();
+    let names: Vec<String> = store
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .map(|u| u.username.to_string())
+        .collect();
+    assert_eq!(names, ["ann", "bea"]);
+    assert_eq!(store.count().await.unwrap(), 2);
+    assert!(store.delete(a.id).await.unwrap());
+    assert!(!store.delete(a.id).await.unwrap());
+    assert_eq!(store.count().await.unwrap(), 1);
+    store.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_user_store_contract_holds_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    users_contract(&sqlite(&dir).await).await;
+}
+
+#[tokio::test]
+async fn the_user_store_contract_holds_on_postgres() {
+    let url = servers::postgres().fresh_database().await;
+    let store = PgUserStore::connect(&url, Duration::from_secs(5))
+        .await
+        .unwrap();
+    users_contract(&store).await;
+}
