@@ -13,7 +13,12 @@ need() { # need <command> <package>
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$2" >/dev/null
   fi
 }
-need cc gcc   # aws-lc-sys and libsqlite3-sys build C
+need cc gcc                    # aws-lc-sys and libsqlite3-sys build C
+need redis-server redis-server # Redis standalone, cluster and sentinel (one binary)
+need redis-cli redis-tools
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  need no-such-command-initdb postgresql
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -23,6 +28,9 @@ echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --locked 2>&1 | tee "$log"
+echo "== the end-to-end suite again, on Redis + PostgreSQL"
+TESSERA_TEST_BACKEND=redis-postgres cargo test --locked -p tessera --test api -- \
+  --skip contract:: --skip scaleout:: 2>&1 | tee -a "$log"
 # One closing line for the whole workspace (the last cargo line is often the doc-tests' "0 passed").
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

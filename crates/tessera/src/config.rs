@@ -486,18 +486,20 @@ impl Settings {
                 return bad("public_url", "must be an http:// or https:// URL");
             }
         }
-        if let Some(url) = &self.database_url {
-            if !(url.starts_with("sqlite:") || self.uses_postgres()) {
-                return bad(
-                    "database_url",
-                    "must be sqlite://…, postgres://… or postgresql://…",
-                );
-            }
+        if let Some(url) = &self.database_url
+            && !(url.starts_with("sqlite:") || self.uses_postgres())
+        {
+            return bad(
+                "database_url",
+                "must be sqlite://…, postgres://… or postgresql://…",
+            );
         }
-        if let Some(url) = &self.redis_url {
-            if let Err(why) = crate::store::redis::Topology::parse(url) {
-                return bad("redis_url", &why);
-            }
+        if let Some(Err(why)) = self
+            .redis_url
+            .as_deref()
+            .map(crate::store::redis::Topology::parse)
+        {
+            return bad("redis_url", &why);
         }
         if self.redis_key_prefix.is_empty() || self.redis_key_prefix.contains(['{', '}', ' ']) {
             return bad(

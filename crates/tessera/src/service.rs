@@ -241,6 +241,9 @@ pub struct Auth {
     limits: Arc<dyn LimitStore>,
     key_store: Arc<dyn KeyStore>,
     keys: RwLock<Arc<Keys>>,
+    /// When an unknown `kid` last made us re-read the key ring (Unix ms); bounds that to once a
+    /// second so random `kid`s cannot hammer the store.
+    last_kid_reload: std::sync::atomic::AtomicI64,
     profiles: Arc<dyn ProfileCache>,
     hasher: PasswordHasher,
     clock: Arc<dyn Clock>,
@@ -287,6 +290,7 @@ impl Auth {
             limits,
             key_store,
             keys: RwLock::new(Arc::new(keys)),
+            last_kid_reload: std::sync::atomic::AtomicI64::new(0),
             profiles,
             hasher,
             clock,
@@ -566,13 +570,17 @@ impl Auth {
     /// write at most once per [`touch_interval`](crate::domain::session::touch_interval).
     pub async fn authenticate_bearer(&self, token: &str) -> Result<Principal, AuthError> {
         let now = self.now();
-        let claims = self
-            .keys()
-            .verify(token, now, self.policy.tokens.leeway)
-            .map_err(|e: TokenError| {
-                tracing::debug!(reason = %e, "access token refused");
-                AuthError::InvalidToken
-            })?;
+        let leeway = self.policy.tokens.leeway;
+        let mut verified = self.keys().verify(token, now, leeway);
+        if verified == Err(TokenError::UnknownKey) && self.may_reload_for_unknown_kid(now) {
+            // Another instance may have rotated a moment ago: look once before refusing.
+            self.reload_keys().await?;
+            verified = self.keys().verify(token, now, leeway);
+        }
+        let claims = verified.map_err(|e| {
+            tracing::debug!(reason = %e, "access token refused");
+            AuthError::InvalidToken
+        })?;
         let user = UserId::parse(&claims.sub).ok_or(AuthError::InvalidToken)?;
         let sid = SessionId::parse(&claims.sid).ok_or(AuthError::InvalidToken)?;
         let session = self
@@ -585,6 +593,16 @@ impl Auth {
             self.sessions.touch(user, sid, now, idle).await?;
         }
         Ok(Principal::from_session(&session))
+    }
+
+    fn may_reload_for_unknown_kid(&self, now: Timestamp) -> bool {
+        use std::sync::atomic::Ordering;
+        let last = self.last_kid_reload.load(Ordering::Relaxed);
+        now.as_millis() - last >= 1000
+            && self
+                .last_kid_reload
+                .compare_exchange(last, now.as_millis(), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     // ----- sessions ------------------------------------------------------------------------

@@ -638,10 +638,10 @@ impl SessionStore for RedisStore {
             .await?;
         let mut out = Vec::new();
         for (id, flat) in ids.into_iter().zip(all) {
-            if let Some(s) = parse_session(user, id, pairs_to_map(flat))? {
-                if s.is_alive(now) {
-                    out.push(s);
-                }
+            if let Some(s) = parse_session(user, id, pairs_to_map(flat))?
+                && s.is_alive(now)
+            {
+                out.push(s);
             }
         }
         out.sort_by_key(|s| (s.created_at, s.id));

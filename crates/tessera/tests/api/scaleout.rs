@@ -1,1 +1,252 @@
+//! Several stateless instances on one Redis and one PostgreSQL, and the other Redis topologies.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+use crate::servers;
+
+/// Three instances sharing one Redis key space and one PostgreSQL database.
+async fn three_instances(env: &[(&str, &str)]) -> (TestApp, TestApp, TestApp) {
+    let backend = redis_postgres_env().await;
+    let mut apps = Vec::new();
+    for _ in 0..3 {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        apps.push(spawn_in(dir, backend.clone(), env).await);
+    }
+    let c = apps.pop().unwrap();
+    let b = apps.pop().unwrap();
+    let a = apps.pop().unwrap();
+    (a, b, c)
+}
+
+#[tokio::test]
+async fn log_in_on_a_verify_on_b_log_out_on_c() {
+    let (a, b, c) = three_instances(&[]).await;
+    let t = a.login("admin", ADMIN_PASSWORD).await;
+    assert_eq!(b.verify_status(&t.access).await, StatusCode::OK);
+    assert_eq!(
+        c.get_auth("/profile", &t.access).await.status(),
+        StatusCode::OK
+    );
+
+    let res = c
+        .client
+        .post(c.url("/logout"))
+        .bearer_auth(&t.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    for app in [&a, &b, &c] {
+        assert_eq!(app.verify_status(&t.access).await, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        b.refresh(&t.refresh).await.status(),
+        StatusCode::BAD_REQUEST
+    );
+}
+
+#[tokio::test]
+async fn a_refresh_token_rotates_on_any_instance_and_reuse_is_seen_by_all() {
+    let (a, b, c) = three_instances(&[("TESSERA_REFRESH_REUSE_GRACE", "0s")]).await;
+    let t = a.login("admin", ADMIN_PASSWORD).await;
+    let res = b.refresh(&t.refresh).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let next: Value = res.json().await.unwrap();
+    c.advance(Duration::from_secs(1));
+    assert_eq!(
+        c.refresh(&t.refresh).await.status(),
+        StatusCode::BAD_REQUEST,
+        "reuse on C"
+    );
+    let access = next["access_token"].as_str().unwrap();
+    assert_eq!(
+        a.verify_status(access).await,
+        StatusCode::UNAUTHORIZED,
+        "the family is revoked everywhere"
+    );
+}
+
+#[tokio::test]
+async fn login_throttling_is_shared_across_instances() {
+    let (a, b, c) = three_instances(&[("TESSERA_LOGIN_MAX_FAILURES", "2")]).await;
+    assert_eq!(
+        a.login_raw("admin", "wrong password").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        b.login_raw("admin", "wrong password").await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let res = c.login_raw("admin", ADMIN_PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(res.headers().contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn a_key_rotation_on_one_instance_is_honoured_by_the_others_at_once() {
+    let (a, b, c) = three_instances(&[]).await;
+    let before = a.login("admin", ADMIN_PASSWORD).await;
+    a.auth.rotate_keys().await.unwrap();
+    let after = a.login("admin", ADMIN_PASSWORD).await;
+    // B has not re-read the ring yet; an unknown kid makes it look before refusing.
+    assert_eq!(b.verify_status(&after.access).await, StatusCode::OK);
+    assert_eq!(
+        c.verify_status(&before.access).await,
+        StatusCode::OK,
+        "old keys still verify"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let jwks: Value = c
+            .client
+            .get(c.url("/.well-known/jwks.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if jwks["keys"].as_array().unwrap().len() == 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "C's JWKS did not show the new key within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_user_change_on_one_instance_invalidates_the_profile_cache_of_all() {
+    let (a, b, _c) = three_instances(&[]).await;
+    a.add_user("uma", &["reader"]).await;
+    let t = b.login("uma", PASSWORD).await;
+    let cached: Value = b
+        .get_auth("/profile", &t.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cached["roles"], json!(["reader"]));
+    let admin = a.login("admin", ADMIN_PASSWORD).await;
+    let id = cached["id"].as_str().unwrap();
+    let res = a
+        .client
+        .patch(a.url(&format!("/admin/users/{id}")))
+        .bearer_auth(&admin.access)
+        .json(&json!({"roles": ["writer"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let fresh: Value = b
+        .get_auth("/profile", &t.access)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fresh["roles"], json!(["writer"]));
+    assert_eq!(
+        b.get_auth("/verify", &t.access).await.headers()["x-auth-roles"],
+        "writer"
+    );
+}
+
+#[tokio::test]
+async fn the_service_works_on_redis_cluster() {
+    let backend = vec![
+        ("TESSERA_REDIS_URL".to_owned(), servers::cluster().url()),
+        (
+            "TESSERA_REDIS_KEY_PREFIX".to_owned(),
+            servers::unique_prefix(),
+        ),
+        (
+            "TESSERA_DATABASE_URL".to_owned(),
+            servers::postgres().fresh_database().await,
+        ),
+    ];
+    let app = spawn_in(Arc::new(tempfile::tempdir().unwrap()), backend, &[]).await;
+    // Users spread over the cluster's slots: every per-user script must run.
+    for i in 0..6 {
+        let t = app.user_session(&format!("cl{i}")).await;
+        assert_eq!(app.verify_status(&t.access).await, StatusCode::OK);
+        let next = app.refresh(&t.refresh).await;
+        assert_eq!(next.status(), StatusCode::OK);
+        let res = app
+            .client
+            .post(app.url("/logout?scope=all"))
+            .bearer_auth(&t.access)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.json::<Value>().await.unwrap()["revoked"], 1);
+        assert_eq!(app.verify_status(&t.access).await, StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[tokio::test]
+async fn the_service_follows_a_sentinel_failover() {
+    let topo = servers::RedisSentinel::start();
+    let backend = vec![
+        ("TESSERA_REDIS_URL".to_owned(), topo.url()),
+        (
+            "TESSERA_REDIS_KEY_PREFIX".to_owned(),
+            servers::unique_prefix(),
+        ),
+        (
+            "TESSERA_DATABASE_URL".to_owned(),
+            servers::postgres().fresh_database().await,
+        ),
+    ];
+    let app = spawn_in(Arc::new(tempfile::tempdir().unwrap()), backend, &[]).await;
+    let t = app.login("admin", ADMIN_PASSWORD).await;
+    // Let the replica catch up, then promote it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    topo.failover();
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let res = app.login_raw("admin", ADMIN_PASSWORD).await;
+        match res.status() {
+            StatusCode::OK => break,
+            StatusCode::SERVICE_UNAVAILABLE => {}
+            other => panic!("only 200 or 503 during a failover, got {other}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no successful write within 20 s of the failover"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(
+        app.verify_status(&t.access).await,
+        StatusCode::OK,
+        "replicated sessions survive"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_redis_stops_start_up_with_a_clear_message() {
+    let port = servers::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let backend = vec![(
+        "TESSERA_REDIS_URL".to_owned(),
+        format!("redis://:secretpw@127.0.0.1:{port}"),
+    )];
+    let err = tessera::Application::build(settings(dir.path(), &backend, &[]))
+        .await
+        .err()
+        .expect("refused");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("cannot reach Redis"), "{msg}");
+    assert!(
+        !msg.contains("secretpw"),
+        "the password is not shown: {msg}"
+    );
+}

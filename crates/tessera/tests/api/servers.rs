@@ -24,7 +24,9 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// Kills `pid` (or the pid in `pidfile`) when this test process is gone.
+/// Runs `kill` (a shell command) once this test process is gone.
+// The watchdog must outlive us, so nobody waits for it; it exits on its own.
+#[allow(clippy::zombie_processes)]
 fn watchdog(kill: &str) {
     let me = std::process::id();
     let script = format!("while kill -0 {me} 2>/dev/null; do sleep 0.5; done; {kill}");
@@ -219,6 +221,27 @@ impl RedisSentinel {
 
     pub fn url(&self) -> String {
         format!("redis+sentinel://127.0.0.1:{}/mymaster", self.sentinel.port)
+    }
+
+    /// Promotes the replica (the sentinel's manual failover).
+    pub fn failover(&self) {
+        let r = redis_cli(self.sentinel.port, &["sentinel", "failover", "mymaster"]);
+        assert!(
+            r.is_some_and(|r| r.contains("OK")),
+            "sentinel failover refused"
+        );
+        let replica = self.replica.port.to_string();
+        wait_until("sentinel failover", Path::new("/dev/null"), || {
+            redis_cli(
+                self.sentinel.port,
+                &["sentinel", "get-master-addr-by-name", "mymaster"],
+            )
+            .is_some_and(|r| r.lines().nth(1) == Some(replica.as_str()))
+        });
+        wait_until("promoted replica", Path::new("/dev/null"), || {
+            redis_cli(self.replica.port, &["role"]).is_some_and(|r| r.starts_with("master"))
+        });
+        let _ = &self.master;
     }
 }
 
