@@ -191,8 +191,8 @@ async fn the_service_works_on_redis_cluster() {
 }
 
 #[tokio::test]
-async fn the_service_follows_a_sentinel_failover() {
-    let topo = servers::RedisSentinel::start();
+async fn the_service_survives_a_killed_sentinel_master_under_traffic() {
+    let mut topo = servers::RedisSentinel::start();
     let backend = vec![
         ("TESSERA_REDIS_URL".to_owned(), topo.url()),
         (
@@ -204,11 +204,26 @@ async fn the_service_follows_a_sentinel_failover() {
             servers::postgres().fresh_database().await,
         ),
     ];
-    let app = spawn_in(Arc::new(tempfile::tempdir().unwrap()), backend, &[]).await;
+    let app = Arc::new(spawn_in(Arc::new(tempfile::tempdir().unwrap()), backend, &[]).await);
     let t = app.login("admin", ADMIN_PASSWORD).await;
-    // Let the replica catch up, then promote it.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    topo.failover();
+    topo.wait_for_replication();
+
+    // Traffic throughout: verifications must only ever be 200 or 503.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let (app, stop, access) = (Arc::clone(&app), Arc::clone(&stop), t.access.clone());
+        tokio::spawn(async move {
+            let mut seen = std::collections::BTreeMap::<u16, u32>::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let status = app.verify_status(&access).await.as_u16();
+                *seen.entry(status).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            seen
+        })
+    };
+    topo.master.kill();
+    topo.wait_for_promotion();
 
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -220,15 +235,54 @@ async fn the_service_follows_a_sentinel_failover() {
         }
         assert!(
             Instant::now() < deadline,
-            "no successful write within 20 s of the failover"
+            "no successful write within 20 s of the promotion"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = traffic.await.unwrap();
+    assert!(
+        seen.keys().all(|s| *s == 200 || *s == 503),
+        "statuses under failover: {seen:?}"
+    );
     assert_eq!(
         app.verify_status(&t.access).await,
         StatusCode::OK,
-        "replicated sessions survive"
+        "a replicated session survives"
     );
+}
+
+#[tokio::test]
+async fn one_refresh_token_sent_to_two_instances_at_once_yields_one_successor() {
+    let (a, b, _c) = three_instances(&[]).await;
+    for _ in 0..5 {
+        let t = a.login("admin", ADMIN_PASSWORD).await;
+        let (ra, rb) = tokio::join!(a.refresh(&t.refresh), b.refresh(&t.refresh));
+        let (sa, sb) = (ra.status(), rb.status());
+        assert_eq!(
+            (sa, sb),
+            (StatusCode::OK, StatusCode::OK),
+            "both inside the grace window"
+        );
+        let na: Value = ra.json().await.unwrap();
+        let nb: Value = rb.json().await.unwrap();
+        assert_eq!(
+            na["refresh_token"], nb["refresh_token"],
+            "never two live successors"
+        );
+    }
+}
+
+#[test]
+fn the_production_example_config_loads() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples/production/tessera.toml");
+    let args = tessera::config::SettingsArgs {
+        config: Some(path),
+        ..Default::default()
+    };
+    let s = tessera::Settings::load(&args, Vec::new()).expect("the example is valid");
+    assert!(s.uses_postgres() && s.redis_url.is_some() && !s.uses_embedded_store());
 }
 
 #[tokio::test]

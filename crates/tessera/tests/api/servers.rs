@@ -223,13 +223,13 @@ impl RedisSentinel {
         format!("redis+sentinel://127.0.0.1:{}/mymaster", self.sentinel.port)
     }
 
-    /// Promotes the replica (the sentinel's manual failover).
-    pub fn failover(&self) {
-        let r = redis_cli(self.sentinel.port, &["sentinel", "failover", "mymaster"]);
-        assert!(
-            r.is_some_and(|r| r.contains("OK")),
-            "sentinel failover refused"
-        );
+    /// Waits until the replica has everything the master has.
+    pub fn wait_for_replication(&self) {
+        let _ = redis_cli(self.master.port, &["wait", "1", "5000"]);
+    }
+
+    /// Waits until the sentinel has promoted the replica.
+    pub fn wait_for_promotion(&self) {
         let replica = self.replica.port.to_string();
         wait_until("sentinel failover", Path::new("/dev/null"), || {
             redis_cli(
@@ -241,7 +241,6 @@ impl RedisSentinel {
         wait_until("promoted replica", Path::new("/dev/null"), || {
             redis_cli(self.replica.port, &["role"]).is_some_and(|r| r.starts_with("master"))
         });
-        let _ = &self.master;
     }
 }
 
