@@ -18,6 +18,8 @@ use crate::domain::clock::{Clock, SystemClock};
 use crate::domain::jwt::TokenSettings;
 use crate::domain::password::PasswordHasher;
 use crate::domain::secret::{b64, random_32};
+use crate::http::browser::Cookies;
+use crate::http::pages::Templates;
 use crate::http::{self, AppState, HttpSettings};
 use crate::service::{Auth, PROFILE_CACHE_TTL, Policy};
 use crate::store::cache::MemoryProfileCache;
@@ -188,9 +190,17 @@ impl Application {
 
     /// Builds the server with an injected clock (tests move time instead of sleeping).
     pub async fn build_with_clock(
-        settings: Settings,
+        mut settings: Settings,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
+        // Bind first, so an unset `public_url` names the real port (port 0 in tests).
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let bound = listener.local_addr()?;
+        settings
+            .public_url
+            .get_or_insert_with(|| format!("http://{bound}"));
         let lock = if settings.uses_embedded_store() {
             create_data_dir(&settings.data_dir)?;
             Some(lock_data_dir(&settings.data_dir)?)
@@ -199,15 +209,17 @@ impl Application {
         };
         let auth = open_service(&settings, clock).await?;
         bootstrap_admin(&auth, settings.admin_password.clone()).await?;
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let public = settings.issuer();
         let state = AppState {
             auth,
             http: Arc::new(HttpSettings {
                 trusted_proxies: settings.trusted_proxies.clone(),
                 max_body_bytes: settings.max_body_bytes as usize,
+                cookies: Cookies::new(public.starts_with("https://"), settings.session_lifetime),
+                public_origin: origin_of(&public),
+                allowed_redirect_hosts: settings.allowed_redirect_hosts.clone(),
             }),
+            templates: Arc::new(Templates::new()?),
             shutting_down: Arc::new(AtomicBool::new(false)),
         };
         Ok(Self {
@@ -232,7 +244,9 @@ impl Application {
 
     /// Serves until SIGTERM or SIGINT, then drains for at most `shutdown_grace`.
     pub async fn run_until_stopped(self) -> anyhow::Result<()> {
-        self.run_until(shutdown_signal()).await
+        let signal = shutdown_signal();
+        tracing::info!(addr = %self.local_addr(), "listening");
+        self.run_until(signal).await
     }
 
     /// Serves until `stop` completes, then drains for at most `shutdown_grace`.
@@ -324,24 +338,41 @@ async fn bootstrap_admin(auth: &Auth, given: Option<SecretString>) -> anyhow::Re
     Ok(())
 }
 
-/// SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// `scheme://host[:port]` of a URL.
+fn origin_of(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("http", url));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    format!(
+        "{}://{}",
+        scheme.to_ascii_lowercase(),
+        authority.to_ascii_lowercase()
+    )
+}
+
+/// SIGTERM or SIGINT. The handlers are registered when this is called, not when the future is
+/// first polled, so a signal that arrives right after start-up is not lost.
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {},
+                        _ = int.recv() => {},
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -97,9 +97,10 @@ impl Cli {
     pub async fn run(self, settings: Settings) -> anyhow::Result<()> {
         match self.command {
             None | Some(Command::Serve) => {
-                let app = Application::build(settings).await?;
-                tracing::info!(addr = %app.local_addr(), "listening");
-                app.run_until_stopped().await
+                Application::build(settings)
+                    .await?
+                    .run_until_stopped()
+                    .await
             }
             Some(Command::User(cmd)) => user(cmd, &settings).await,
             Some(Command::Keys(cmd)) => keys(cmd, &settings).await,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::clock::{Clock, Timestamp};
+use crate::domain::cookie::{self, LoginCsrf, SessionCookie};
 use crate::domain::jwt::{Claims, KeyRing, Keys, SigningAlg, TokenError, TokenSettings};
 use crate::domain::password::{self, HashError, PasswordHasher, Verification, WeakPassword};
 use crate::domain::refresh::RefreshToken;
@@ -142,15 +143,19 @@ pub struct Principal {
     pub roles: Roles,
     /// The session the credential belongs to.
     pub session_id: SessionId,
+    /// Whether the credential was the browser's session cookie (then unsafe requests need the
+    /// CSRF token, and a logout clears the cookie).
+    pub via_cookie: bool,
 }
 
 impl Principal {
-    fn from_session(s: &Session) -> Self {
+    fn from_session(s: &Session, via_cookie: bool) -> Self {
         Self {
             user_id: s.user_id,
             username: s.username.clone(),
             roles: s.roles.clone(),
             session_id: s.id,
+            via_cookie,
         }
     }
 
@@ -357,7 +362,8 @@ impl Auth {
         Ok(self.key_store.load().await?)
     }
 
-    fn now(&self) -> Timestamp {
+    /// "Now" by the service's clock.
+    pub fn now(&self) -> Timestamp {
         self.clock.now()
     }
 
@@ -371,7 +377,22 @@ impl Auth {
         client: &ClientInfo,
     ) -> Result<Issued, AuthError> {
         let user = self.check_password(username, password, client).await?;
-        self.open_session(&user, client).await
+        Ok(self.open_session(&user, client, false).await?.0)
+    }
+
+    /// The login form: checks the password and opens a browser session; returns the cookie
+    /// value. Every login gets a new session and cookie, so a planted cookie is never adopted
+    /// (no session fixation).
+    pub async fn login_browser(
+        &self,
+        username: &str,
+        password: SecretString,
+        client: &ClientInfo,
+    ) -> Result<(SessionId, String), AuthError> {
+        let user = self.check_password(username, password, client).await?;
+        let (issued, cookie) = self.open_session(&user, client, true).await?;
+        let cookie = cookie.ok_or_else(|| AuthError::Unexpected(anyhow::anyhow!("no cookie")))?;
+        Ok((issued.session_id, cookie.encode()))
     }
 
     /// The password check shared by every login door (JSON, form, `/token`, `/password`):
@@ -468,10 +489,16 @@ impl Auth {
         }
     }
 
-    async fn open_session(&self, user: &User, client: &ClientInfo) -> Result<Issued, AuthError> {
+    async fn open_session(
+        &self,
+        user: &User,
+        client: &ClientInfo,
+        with_cookie: bool,
+    ) -> Result<(Issued, Option<SessionCookie>), AuthError> {
         let now = self.now();
         let id = SessionId::new();
         let refresh = RefreshToken::first(user.id, id);
+        let cookie = with_cookie.then(|| SessionCookie::new(user.id, id));
         let session = Session {
             id,
             user_id: user.id,
@@ -491,6 +518,7 @@ impl Auth {
                 prev_hash: None,
                 rotated_at: None,
             },
+            cookie_hash: cookie.as_ref().map(SessionCookie::hash),
         };
         let evicted = self
             .sessions
@@ -499,8 +527,8 @@ impl Auth {
         if !evicted.is_empty() {
             tracing::info!(target: "audit", event = "sessions_evicted", user = %user.username, count = evicted.len());
         }
-        tracing::info!(target: "audit", event = "login", user = %user.username, session = %id, ip = ?client.ip);
-        self.issue(&session, &refresh)
+        tracing::info!(target: "audit", event = "login", user = %user.username, session = %id, ip = ?client.ip, browser = with_cookie);
+        Ok((self.issue(&session, &refresh)?, cookie))
     }
 
     fn issue(&self, session: &Session, refresh: &RefreshToken) -> Result<Issued, AuthError> {
@@ -592,7 +620,47 @@ impl Auth {
             let idle = session.slid_idle_expiry(now, self.policy.idle_timeout);
             self.sessions.touch(user, sid, now, idle).await?;
         }
-        Ok(Principal::from_session(&session))
+        Ok(Principal::from_session(&session, false))
+    }
+
+    /// Authenticates the browser's session cookie; slides the idle expiry like a bearer token.
+    pub async fn authenticate_cookie(&self, value: &str) -> Result<Principal, AuthError> {
+        let cookie = SessionCookie::decode(value).ok_or(AuthError::InvalidToken)?;
+        let now = self.now();
+        let (user, sid) = (cookie.user_id, cookie.session_id);
+        let session = self
+            .sessions
+            .get(user, sid, now)
+            .await?
+            .ok_or(AuthError::InvalidToken)?;
+        if !cookie.matches(session.cookie_hash.as_ref()) {
+            return Err(AuthError::InvalidToken);
+        }
+        if session.needs_touch(now, self.policy.idle_timeout) {
+            let idle = session.slid_idle_expiry(now, self.policy.idle_timeout);
+            self.sessions.touch(user, sid, now, idle).await?;
+        }
+        Ok(Principal::from_session(&session, true))
+    }
+
+    /// The CSRF token of a session (printed in its pages).
+    pub fn csrf_token(&self, session: SessionId) -> String {
+        cookie::session_csrf(self.keys().mac_key(), session)
+    }
+
+    /// Checks a session's CSRF token.
+    pub fn check_csrf(&self, session: SessionId, token: &str) -> bool {
+        cookie::check_session_csrf(self.keys().mac_key(), session, token)
+    }
+
+    /// The login form's CSRF token for the browser holding `nonce`.
+    pub fn login_csrf(&self, nonce: &str) -> String {
+        cookie::login_csrf(self.keys().mac_key(), nonce, self.now())
+    }
+
+    /// Checks a login form's CSRF token.
+    pub fn check_login_csrf(&self, nonce: &str, token: &str) -> LoginCsrf {
+        cookie::check_login_csrf(self.keys().mac_key(), nonce, token, self.now())
     }
 
     fn may_reload_for_unknown_kid(&self, now: Timestamp) -> bool {

@@ -4,6 +4,7 @@
 //! [`crate::store`]; time through [`clock::Clock`].
 
 pub mod clock;
+pub mod cookie;
 pub mod jwt;
 pub mod password;
 pub mod refresh;

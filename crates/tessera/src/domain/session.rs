@@ -79,6 +79,8 @@ pub struct Session {
     pub ip: Option<String>,
     /// Refresh-token family state.
     pub refresh: RefreshState,
+    /// SHA-256 of the browser cookie's secret, for sessions opened by the login form.
+    pub cookie_hash: Option<[u8; 32]>,
 }
 
 impl Session {
@@ -228,6 +230,7 @@ mod tests {
             user_agent: None,
             ip: None,
             refresh: state(),
+            cookie_hash: None,
         };
         let idle = Duration::from_secs(3600);
         assert_eq!(s.slid_idle_expiry(t(4_000_000), idle), t(5_000_000));

@@ -54,6 +54,9 @@ pub async fn login(
     headers: HeaderMap,
     Body(body): Body,
 ) -> Result<Response, ApiError> {
+    if is_content_type(&headers, "application/x-www-form-urlencoded") {
+        return Ok(super::pages::login_form(state, client, headers, body).await);
+    }
     if !is_content_type(&headers, "application/json") {
         return Err(ApiError::unsupported_media_type(
             "JSON (Content-Type: application/json)",
@@ -215,7 +218,10 @@ pub async fn logout(
     Query(query): Query<LogoutParams>,
     headers: HeaderMap,
     Body(body): Body,
-) -> Result<Json<LogoutResponse>, ApiError> {
+) -> Result<Response, ApiError> {
+    if is_content_type(&headers, "application/x-www-form-urlencoded") {
+        return Ok(super::pages::logout_form(&state, &who, &body).await);
+    }
     let mut scope = query.scope;
     if !body.is_empty() {
         if !is_content_type(&headers, "application/json") {
@@ -231,11 +237,18 @@ pub async fn logout(
         })?;
         scope = params.scope.or(scope);
     }
-    let revoked = state.auth.logout(&who, scope.unwrap_or_default()).await?;
-    Ok(Json(LogoutResponse {
+    let scope = scope.unwrap_or_default();
+    let revoked = state.auth.logout(&who, scope).await?;
+    let mut res = Json(LogoutResponse {
         detail: "logged out",
         revoked,
-    }))
+    })
+    .into_response();
+    if who.via_cookie && scope != LogoutScope::Others {
+        res.headers_mut()
+            .append(header::SET_COOKIE, state.http.cookies.clear_session());
+    }
+    Ok(res)
 }
 
 /// `GET /verify`: forward-auth. 200 with identity headers, 401 otherwise, never a redirect.

@@ -69,8 +69,14 @@ impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers)?.ok_or(AuthError::Unauthenticated)?;
-        Ok(Self(state.auth.authenticate_bearer(token).await?))
+        if let Some(token) = bearer(&parts.headers)? {
+            return Ok(Self(state.auth.authenticate_bearer(token).await?));
+        }
+        // The CSRF guard has already vetted unsafe cookie-authenticated requests.
+        match super::browser::cookie(&parts.headers, state.http.cookies.session) {
+            Some(value) => Ok(Self(state.auth.authenticate_cookie(value).await?)),
+            None => Err(AuthError::Unauthenticated.into()),
+        }
     }
 }
 
@@ -81,10 +87,14 @@ impl OptionalFromRequestParts<AppState> for Authenticated {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Option<Self>, ApiError> {
-        match bearer(&parts.headers)? {
-            None => Ok(None),
-            Some(token) => Ok(Some(Self(state.auth.authenticate_bearer(token).await?))),
+        let has_cookie =
+            super::browser::cookie(&parts.headers, state.http.cookies.session).is_some();
+        if bearer(&parts.headers)?.is_none() && !has_cookie {
+            return Ok(None);
         }
+        <Self as FromRequestParts<AppState>>::from_request_parts(parts, state)
+            .await
+            .map(Some)
     }
 }
 

@@ -2,8 +2,10 @@
 //! error-to-status mapping in [`error`].
 
 pub mod api;
+pub mod browser;
 pub mod error;
 pub mod extract;
+pub mod pages;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -33,6 +35,12 @@ pub struct HttpSettings {
     pub trusted_proxies: Vec<IpNet>,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// Cookie names and attributes.
+    pub cookies: browser::Cookies,
+    /// `scheme://host[:port]` of `public_url`.
+    pub public_origin: String,
+    /// Hosts besides ours that `rd` may point to.
+    pub allowed_redirect_hosts: Vec<String>,
 }
 
 /// What every handler can reach.
@@ -42,6 +50,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// HTTP settings.
     pub http: Arc<HttpSettings>,
+    /// The HTML templates.
+    pub templates: Arc<pages::Templates>,
     /// Set on SIGTERM/SIGINT so `/readyz` turns 503 while in-flight requests drain.
     pub shutting_down: Arc<AtomicBool>,
 }
@@ -56,7 +66,14 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub fn router(state: AppState) -> Router {
     let max_body = state.http.max_body_bytes;
     Router::new()
-        .route("/login", post(api::login))
+        .route("/", get(pages::index))
+        .route("/login", get(pages::login_page).post(api::login))
+        .route("/dashboard", get(pages::dashboard))
+        .route("/sessions/{id}/revoke", post(pages::revoke_form))
+        .route("/account/password", get(pages::password_page).post(pages::password_form))
+        .route("/register", get(pages::register_page).post(pages::register_form))
+        .route("/static/tessera.css", get(pages::stylesheet))
+        .route("/static/favicon.svg", get(pages::favicon))
         .route("/token", post(api::token))
         .route("/profile", get(api::profile))
         .route("/logout", post(api::logout))
@@ -72,8 +89,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(api::readyz))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), browser::csrf_guard))
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(browser::security_headers))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),

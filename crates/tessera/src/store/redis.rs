@@ -366,6 +366,9 @@ fn session_fields(s: &Session) -> Vec<(&'static str, Vec<u8>)> {
     if let Some(ip) = &s.ip {
         f.push(("ip", ip.as_bytes().to_vec()));
     }
+    if let Some(k) = &s.cookie_hash {
+        f.push(("k", k.to_vec()));
+    }
     f
 }
 
@@ -415,6 +418,7 @@ fn parse_session(
                 .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
                 .map(Timestamp::from_millis),
         },
+        cookie_hash: hash("k")?,
     }))
 }
 

@@ -142,6 +142,7 @@ fn session_from_row(row: &SqliteRow) -> Result<Session, sqlx::Error> {
                 .try_get::<Option<i64>, _>("rotated_at")?
                 .map(Timestamp::from_millis),
         },
+        cookie_hash: hash32(row.try_get("cookie_hash")?)?,
     })
 }
 
@@ -245,8 +246,8 @@ async fn insert_session(conn: &mut SqliteConnection, s: &Session) -> Result<(), 
     sqlx::query(
         "INSERT INTO sessions (id, user_id, username, roles, created_at, last_seen_at, \
          idle_expires_at, absolute_expires_at, expires_at, user_agent, ip, refresh_generation, \
-         refresh_hash, prev_refresh_hash, rotated_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         refresh_hash, prev_refresh_hash, rotated_at, cookie_hash) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(s.id.to_string())
     .bind(s.user_id.to_string())
@@ -263,6 +264,7 @@ async fn insert_session(conn: &mut SqliteConnection, s: &Session) -> Result<(), 
     .bind(s.refresh.hash.to_vec())
     .bind(s.refresh.prev_hash.map(|h| h.to_vec()))
     .bind(s.refresh.rotated_at.map(Timestamp::as_millis))
+    .bind(s.cookie_hash.map(|h| h.to_vec()))
     .execute(&mut *conn)
     .await
     .map(|_| ())
@@ -313,7 +315,7 @@ impl SessionStore for SqliteStore {
                 sqlx::query(
                     "SELECT id, user_id, username, roles, created_at, last_seen_at, \
                      idle_expires_at, absolute_expires_at, user_agent, ip, refresh_generation, \
-                     refresh_hash, prev_refresh_hash, rotated_at \
+                     refresh_hash, prev_refresh_hash, rotated_at, cookie_hash \
                      FROM sessions WHERE id = ? AND user_id = ? AND expires_at > ?",
                 )
                 .bind(id.to_string())
@@ -359,7 +361,7 @@ impl SessionStore for SqliteStore {
                 sqlx::query(
                     "SELECT id, user_id, username, roles, created_at, last_seen_at, \
                      idle_expires_at, absolute_expires_at, user_agent, ip, refresh_generation, \
-                     refresh_hash, prev_refresh_hash, rotated_at \
+                     refresh_hash, prev_refresh_hash, rotated_at, cookie_hash \
                      FROM sessions WHERE user_id = ? AND expires_at > ? ORDER BY created_at, id",
                 )
                 .bind(user.to_string())
@@ -411,7 +413,7 @@ impl SessionStore for SqliteStore {
             let row = sqlx::query(
                 "SELECT id, user_id, username, roles, created_at, last_seen_at, \
                  idle_expires_at, absolute_expires_at, user_agent, ip, refresh_generation, \
-                 refresh_hash, prev_refresh_hash, rotated_at \
+                 refresh_hash, prev_refresh_hash, rotated_at, cookie_hash \
                  FROM sessions WHERE id = ? AND user_id = ? AND expires_at > ?",
             )
             .bind(&sid)

@@ -194,8 +194,14 @@ struct Server {
 
 fn serve(dir: &Path, env: &[(&str, &str)]) -> Server {
     let mut cmd = tessera(dir);
-    cmd.args(["serve", "--listen", "127.0.0.1:0"])
-        .envs(env.iter().copied());
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--public-url",
+        PUBLIC_URL,
+    ])
+    .envs(env.iter().copied());
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("server starts");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();

@@ -91,6 +91,7 @@ fn session(user: UserId, created: i64) -> Session {
             prev_hash: None,
             rotated_at: None,
         },
+        cookie_hash: Some([7; 32]),
     }
 }
 

@@ -15,6 +15,8 @@ use tokio::sync::oneshot;
 
 /// The first admin's password in every test app.
 pub const ADMIN_PASSWORD: &str = "admin test password 1";
+/// The `public_url` of every test app.
+pub const PUBLIC_URL: &str = "http://tessera.test";
 /// A password that passes the policy.
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -81,8 +83,11 @@ pub fn settings(
         data_dir: Some(dir.display().to_string()),
         ..Default::default()
     };
-    let mut vars: Vec<(String, String)> =
-        vec![("TESSERA_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into())];
+    // A fixed public URL: instances and restarts on port 0 must agree on the issuer.
+    let mut vars: Vec<(String, String)> = vec![
+        ("TESSERA_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
+        ("TESSERA_PUBLIC_URL".into(), PUBLIC_URL.into()),
+    ];
     vars.extend(backend.iter().cloned());
     vars.extend(env.iter().map(|(k, v)| ((*k).into(), (*v).into())));
     Settings::load(&args, vars).expect("test settings are valid")

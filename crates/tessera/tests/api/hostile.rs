@@ -21,6 +21,7 @@ async fn snapshot(app: &TestApp) -> (Vec<String>, usize) {
         username: admin.username.clone(),
         roles: admin.roles.clone(),
         session_id: tessera::domain::session::SessionId::new(),
+        via_cookie: false,
     };
     (users, app.auth.sessions(&who).await.unwrap().len())
 }

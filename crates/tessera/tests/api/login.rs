@@ -99,20 +99,6 @@ async fn usernames_log_in_case_insensitively() {
 }
 
 #[tokio::test]
-async fn a_form_post_to_login_is_refused_with_415_until_the_pages_exist() {
-    let app = spawn_app().await;
-    let res = app
-        .client
-        .post(app.url("/login"))
-        .form(&[("username", "admin"), ("password", ADMIN_PASSWORD)])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
-    assert_eq!(error_code(res).await, "unsupported_media_type");
-}
-
-#[tokio::test]
 async fn a_legacy_bcrypt_hash_logs_in_and_is_rehashed_to_argon2id() {
     let app = spawn_app().await;
     // The original system's format: bcrypt `$2b$`.
