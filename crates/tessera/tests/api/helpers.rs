@@ -246,3 +246,132 @@ pub async fn error_code(res: Response) -> String {
     assert!(body["detail"].is_string(), "error without detail: {body}");
     body["error"].as_str().expect("error code").to_owned()
 }
+
+/// A browser without JavaScript: keeps cookies by hand (so tests can see and tamper with them),
+/// never follows redirects.
+pub struct Browser {
+    pub client: Client,
+    base: String,
+    pub cookies: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+impl Browser {
+    pub fn new(app: &TestApp) -> Self {
+        Self::at(&format!("http://{}", app.addr))
+    }
+
+    pub fn at(base: &str) -> Self {
+        Self {
+            client: client_from("127.0.0.1"),
+            base: base.to_owned(),
+            cookies: Default::default(),
+        }
+    }
+
+    fn cookie_header(&self) -> String {
+        let jar = self.cookies.lock().unwrap();
+        jar.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    fn keep(&self, res: &Response) {
+        let mut jar = self.cookies.lock().unwrap();
+        for v in res.headers().get_all("set-cookie") {
+            let v = v.to_str().unwrap();
+            let (pair, attrs) = v.split_once(';').unwrap_or((v, ""));
+            let (name, value) = pair.split_once('=').unwrap();
+            if value.is_empty() || attrs.contains("Max-Age=0") {
+                jar.remove(name);
+            } else {
+                jar.insert(name.to_owned(), value.to_owned());
+            }
+        }
+    }
+
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        self.cookies.lock().unwrap().get(name).cloned()
+    }
+
+    pub async fn get(&self, path: &str) -> Response {
+        let res = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header("cookie", self.cookie_header())
+            .header(
+                "user-agent",
+                "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
+            )
+            .send()
+            .await
+            .unwrap();
+        self.keep(&res);
+        res
+    }
+
+    /// Submits a form as a same-origin page would.
+    pub async fn post_form(&self, path: &str, form: &[(&str, &str)]) -> Response {
+        self.post_form_with(path, form, &[("sec-fetch-site", "same-origin")])
+            .await
+    }
+
+    pub async fn post_form_with(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        headers: &[(&str, &str)],
+    ) -> Response {
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("cookie", self.cookie_header())
+            .header(
+                "user-agent",
+                "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
+            )
+            .form(form);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let res = req.send().await.unwrap();
+        self.keep(&res);
+        res
+    }
+
+    /// Loads the login page and signs in with the form; returns the response.
+    pub async fn sign_in(&self, user: &str, password: &str) -> Response {
+        let page = self.get("/login").await.text().await.unwrap();
+        let token = hidden(&page, "csrf_token").expect("login form has a csrf_token");
+        self.post_form(
+            "/login",
+            &[
+                ("username", user),
+                ("password", password),
+                ("csrf_token", &token),
+            ],
+        )
+        .await
+    }
+
+    /// The dashboard's CSRF token.
+    pub async fn csrf(&self) -> String {
+        let page = self.get("/dashboard").await.text().await.unwrap();
+        meta_csrf(&page).expect("a signed-in page carries the csrf-token meta tag")
+    }
+}
+
+/// The value of a hidden input in a page.
+pub fn hidden(html: &str, name: &str) -> Option<String> {
+    let at = html.find(&format!("name=\"{name}\" value=\""))?;
+    let rest = &html[at + name.len() + 15..];
+    Some(rest[..rest.find('"')?].to_owned())
+}
+
+/// `<meta name="csrf-token" content="…">`.
+pub fn meta_csrf(html: &str) -> Option<String> {
+    const TAG: &str = "<meta name=\"csrf-token\" content=\"";
+    let at = html.find(TAG)?;
+    let rest = &html[at + TAG.len()..];
+    Some(rest[..rest.find('"')?].to_owned())
+}

@@ -10,6 +10,7 @@ mod cli;
 mod contract;
 mod hostile;
 mod login;
+mod pages;
 mod persistence;
 mod scaleout;
 mod sessions;

@@ -51,6 +51,36 @@ async fn log_in_on_a_verify_on_b_log_out_on_c() {
 }
 
 #[tokio::test]
+async fn a_session_cookie_from_a_works_on_b_and_its_csrf_token_on_c() {
+    let (a, b, c) = three_instances(&[]).await;
+    let on_a = Browser::new(&a);
+    assert_eq!(
+        on_a.sign_in("admin", ADMIN_PASSWORD).await.status(),
+        StatusCode::SEE_OTHER
+    );
+    let on_b = Browser::new(&b);
+    on_b.cookies
+        .lock()
+        .unwrap()
+        .extend(on_a.cookies.lock().unwrap().clone());
+    let page = on_b.get("/dashboard").await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let token = meta_csrf(&page.text().await.unwrap()).unwrap();
+    let on_c = Browser::new(&c);
+    on_c.cookies
+        .lock()
+        .unwrap()
+        .extend(on_a.cookies.lock().unwrap().clone());
+    let res = on_c.post_form("/logout", &[("csrf_token", &token)]).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        on_a.get("/dashboard").await.status(),
+        StatusCode::SEE_OTHER,
+        "logged out everywhere"
+    );
+}
+
+#[tokio::test]
 async fn a_refresh_token_rotates_on_any_instance_and_reuse_is_seen_by_all() {
     let (a, b, c) = three_instances(&[("TESSERA_REFRESH_REUSE_GRACE", "0s")]).await;
     let t = a.login("admin", ADMIN_PASSWORD).await;
