@@ -19,6 +19,11 @@ need redis-cli redis-tools
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need no-such-command-initdb postgresql
 fi
+need chromium chromium          # the browser tests drive Debian's Chromium
+need node nodejs
+need npm npm
+echo "== npm ci (playwright-core for the browser tests; it never downloads a browser)"
+(cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -6,6 +6,7 @@
 mod helpers;
 mod servers;
 
+mod chromium;
 mod cli;
 mod contract;
 mod hostile;
