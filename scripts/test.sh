@@ -20,6 +20,7 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   need no-such-command-initdb postgresql
 fi
 need chromium chromium          # the browser tests drive Debian's Chromium
+need nginx nginx-light          # forward-auth through a real nginx (auth_request)
 need node nodejs
 need npm npm
 echo "== npm ci (playwright-core for the browser tests; it never downloads a browser)"

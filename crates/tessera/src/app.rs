@@ -194,6 +194,7 @@ impl Application {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<Self> {
         // Bind first, so an unset `public_url` names the real port (port 0 in tests).
+        crate::observability::handle();
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -313,7 +314,7 @@ fn spawn_background(auth: Arc<Auth>) -> Vec<tokio::task::JoinHandle<()>> {
             }
         }
     });
-    vec![sweeper, keys]
+    vec![sweeper, keys, crate::observability::spawn_upkeep()]
 }
 
 /// On an empty user table, creates `admin` with `TESSERA_ADMIN_PASSWORD` or a random password

@@ -49,6 +49,12 @@ enum UserCommand {
     },
     /// List users.
     List,
+    /// Import users with their password hashes (JSON lines or CSV; bcrypt or argon2).
+    /// Idempotent: existing usernames are skipped. Reports what it skipped and why.
+    Import {
+        /// The file (`-` for standard input).
+        file: std::path::PathBuf,
+    },
     /// Set a user's password (revokes their sessions).
     Passwd {
         /// Username.
@@ -163,6 +169,7 @@ async fn user(cmd: UserCommand, settings: &Settings) -> anyhow::Result<()> {
                 );
             }
         }
+        UserCommand::Import { file } => import(&auth, &file).await?,
         UserCommand::Passwd {
             name,
             password_stdin,
@@ -199,6 +206,39 @@ async fn user(cmd: UserCommand, settings: &Settings) -> anyhow::Result<()> {
             println!("deleted {}; their sessions are revoked", u.username);
         }
     }
+    Ok(())
+}
+
+async fn import(auth: &crate::service::Auth, file: &std::path::Path) -> anyhow::Result<()> {
+    let text = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("cannot read standard input")?
+    } else {
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?
+    };
+    let (records, unreadable) = crate::import::parse(&text);
+    let mut skipped = unreadable.len();
+    for (line, why) in &unreadable {
+        eprintln!("line {line}: skipped: {why}");
+    }
+    let mut imported = 0;
+    for (line, r) in records {
+        match auth
+            .import_user(&r.username, &r.password_hash, &r.roles)
+            .await
+        {
+            Ok(_) => imported += 1,
+            Err(e @ (AuthError::Unavailable | AuthError::Unexpected(_))) => return Err(explain(e)),
+            Err(e) => {
+                let why = match e {
+                    AuthError::UsernameTaken => "the user exists already".to_owned(),
+                    other => other.to_string(),
+                };
+                eprintln!("line {line}: skipped {:?}: {why}", r.username);
+                skipped += 1;
+            }
+        }
+    }
+    println!("imported {imported} users, skipped {skipped}");
     Ok(())
 }
 

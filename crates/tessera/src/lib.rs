@@ -12,6 +12,8 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod import;
+pub mod observability;
 pub mod service;
 pub mod store;
 

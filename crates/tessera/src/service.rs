@@ -404,7 +404,12 @@ impl Auth {
         client: &ClientInfo,
     ) -> Result<User, AuthError> {
         let keys = ThrottleKeys::new(username, client.ip);
-        self.check_throttle(&keys).await?;
+        if let Err(e) = self.check_throttle(&keys).await {
+            if matches!(e, AuthError::RateLimited(_)) {
+                metrics::counter!("tessera_logins_total", "outcome" => "rate_limited").increment(1);
+            }
+            return Err(e);
+        }
         let parsed = Username::parse(username).ok();
         let user = match &parsed {
             Some(name) => self.users.by_username(name).await?,
@@ -424,12 +429,15 @@ impl Auth {
                 u
             }
             _ => {
+                metrics::counter!("tessera_logins_total", "outcome" => "invalid_credentials")
+                    .increment(1);
                 self.record_failure(&keys).await?;
                 tracing::info!(target: "audit", event = "login_failed", username = %keys.user, ip = ?client.ip);
                 return Err(AuthError::InvalidCredentials);
             }
         };
         self.limits.clear(&keys.pair).await?;
+        metrics::counter!("tessera_logins_total", "outcome" => "success").increment(1);
         Ok(user)
     }
 
@@ -578,9 +586,17 @@ impl Auth {
             .sessions
             .rotate_refresh(token.user_id, token.session_id, &presentation, self.now())
             .await?;
+        let label = match &outcome {
+            Rotation::Rotated(_) => "rotated",
+            Rotation::Grace(_) => "grace",
+            Rotation::Reused => "reuse",
+            Rotation::Invalid => "invalid",
+        };
+        metrics::counter!("tessera_refreshes_total", "outcome" => label).increment(1);
         match outcome {
             Rotation::Rotated(s) | Rotation::Grace(s) => self.issue(&s, &successor),
             Rotation::Reused => {
+                metrics::counter!("tessera_refresh_reuse_detected_total").increment(1);
                 tracing::warn!(target: "audit", event = "refresh_reuse", session = %token.session_id, user = %token.user_id);
                 self.profiles.invalidate(token.user_id).await?;
                 Err(AuthError::InvalidGrant(
@@ -707,9 +723,15 @@ impl Auth {
         }
     }
 
-    /// Deletes expired sessions.
+    /// Deletes expired sessions and refreshes the active-sessions gauge where the store can
+    /// count cheaply.
     pub async fn sweep(&self) -> Result<u64, AuthError> {
-        Ok(self.sessions.sweep(self.now()).await?)
+        let now = self.now();
+        let removed = self.sessions.sweep(now).await?;
+        if let Some(n) = self.sessions.count_live(now).await? {
+            metrics::gauge!("tessera_active_sessions").set(n as f64);
+        }
+        Ok(removed)
     }
 
     /// Whether every store answers.

@@ -497,3 +497,16 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
         ApiError::from(AuthError::Unavailable).into_response()
     }
 }
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics() -> Response {
+    let body = crate::observability::handle()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    let mut res = body.into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    res
+}

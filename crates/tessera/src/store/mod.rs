@@ -145,6 +145,8 @@ pub trait SessionStore: Send + Sync + 'static {
     async fn set_roles(&self, user: UserId, roles: &Roles) -> Result<(), StoreError>;
     /// Deletes expired sessions; returns how many.
     async fn sweep(&self, now: Timestamp) -> Result<u64, StoreError>;
+    /// How many sessions are live, when the backend can tell cheaply (for the metrics gauge).
+    async fn count_live(&self, now: Timestamp) -> Result<Option<u64>, StoreError>;
     /// Cheap liveness probe for `/readyz`.
     async fn ping(&self) -> Result<(), StoreError>;
 }

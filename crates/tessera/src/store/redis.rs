@@ -276,7 +276,16 @@ impl RedisStore {
         Fut: Future<Output = Result<T, RedisError>>,
     {
         let conn = self.conn.read().await.clone();
+        let started = std::time::Instant::now();
         let result = tokio::time::timeout(self.timeout, f(conn)).await;
+        crate::observability::store_call(
+            "redis",
+            started,
+            &result
+                .as_ref()
+                .map_err(|_| ())
+                .and_then(|r| r.as_ref().map_err(|_| ())),
+        );
         match result {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) => {
@@ -740,6 +749,11 @@ impl SessionStore for RedisStore {
             })
             .await?;
         Ok(())
+    }
+
+    async fn count_live(&self, _now: Timestamp) -> Result<Option<u64>, StoreError> {
+        // Counting would need a SCAN over the key space; not worth it on every sweep.
+        Ok(None)
     }
 
     async fn sweep(&self, _now: Timestamp) -> Result<u64, StoreError> {

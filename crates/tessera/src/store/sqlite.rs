@@ -69,7 +69,17 @@ impl SqliteStore {
         &self,
         fut: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, StoreError> {
-        match tokio::time::timeout(self.timeout, fut).await {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(self.timeout, fut).await;
+        crate::observability::store_call(
+            "sqlite",
+            started,
+            &result
+                .as_ref()
+                .map_err(|_| ())
+                .and_then(|r| r.as_ref().map_err(|_| ())),
+        );
+        match result {
             Ok(r) => r.map_err(map_err),
             Err(_) => Err(StoreError::Unavailable(
                 "SQLite did not answer in time".into(),
@@ -491,6 +501,17 @@ impl SessionStore for SqliteStore {
             )
             .await?;
         Ok(done.rows_affected())
+    }
+
+    async fn count_live(&self, now: Timestamp) -> Result<Option<u64>, StoreError> {
+        let n: i64 = self
+            .deadline(
+                sqlx::query_scalar("SELECT COUNT(*) FROM sessions WHERE expires_at > ?")
+                    .bind(now.as_millis())
+                    .fetch_one(&self.pool),
+            )
+            .await?;
+        Ok(Some(u64::try_from(n).unwrap_or(0)))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -9,6 +9,8 @@ mod servers;
 mod chromium;
 mod cli;
 mod contract;
+mod ecosystem;
+mod forward_auth;
 mod hostile;
 mod login;
 mod pages;

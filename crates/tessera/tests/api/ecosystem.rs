@@ -1,0 +1,112 @@
+//! Metrics and migration in.
+
+use std::process::{Command, Stdio};
+
+use argon2::password_hash::PasswordHasher as _;
+use reqwest::StatusCode;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn metrics_count_requests_logins_refreshes_and_reuse() {
+    let app = spawn_app().await;
+    let t = app.login("admin", ADMIN_PASSWORD).await;
+    app.login_raw("admin", "wrong password").await;
+    app.refresh(&t.refresh).await;
+    app.advance(std::time::Duration::from_secs(60));
+    app.refresh(&t.refresh).await; // reuse after the grace window
+
+    let res = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let text = res.text().await.unwrap();
+    for needle in [
+        "tessera_logins_total{outcome=\"success\"}",
+        "tessera_logins_total{outcome=\"invalid_credentials\"}",
+        "tessera_refreshes_total{outcome=\"rotated\"}",
+        "tessera_refreshes_total{outcome=\"reuse\"}",
+        "tessera_refresh_reuse_detected_total",
+        "tessera_http_requests_total{method=\"POST\",route=\"/login\",status=\"200\"}",
+        "tessera_http_request_duration_seconds",
+        "tessera_store_duration_seconds",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    assert!(
+        !text.contains(ADMIN_PASSWORD) && !text.contains("tsr1."),
+        "no secret in metrics"
+    );
+}
+
+#[tokio::test]
+async fn imported_bcrypt_and_argon2_users_log_in_and_are_upgraded() {
+    let app = spawn_app().await;
+    let bcrypt_hash = bcrypt::hash("bcrypt user password", 4).unwrap();
+    let weak = argon2::Params::new(4096, 1, 1, None).unwrap();
+    let argon_hash = argon2::Argon2::new(argon2::Algorithm::Argon2i, argon2::Version::V0x13, weak)
+        .hash_password(b"argon user password")
+        .unwrap()
+        .to_string();
+    let file = app.dir.path().join("users.jsonl");
+    std::fs::write(
+        &file,
+        format!(
+            "{{\"username\":\"Bea\",\"password_hash\":\"{bcrypt_hash}\",\"roles\":[\"ops\"]}}\n\
+             {{\"username\":\"arne\",\"password_hash\":\"{argon_hash}\"}}\n\
+             this line is broken\n\
+             {{\"username\":\"md5\",\"password_hash\":\"5f4dcc3b5aa765d61d8327deb882cf99\"}}\n\
+             {{\"username\":\"admin\",\"password_hash\":\"{bcrypt_hash}\"}}\n"
+        ),
+    )
+    .unwrap();
+    let (dir, backend) = (app.dir.path().to_owned(), app.backend.clone());
+    let run = move || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tessera"));
+        cmd.env_clear()
+            .arg("--data-dir")
+            .arg(&dir)
+            .envs(backend.iter().map(|(k, v)| (k, v)));
+        cmd.args(["user", "import"])
+            .arg(&file)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = tokio::task::spawn_blocking(run.clone()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("imported 2 users, skipped 3"), "{stdout}");
+    assert!(
+        stderr.contains("line 3") && stderr.contains("line 4") && stderr.contains("line 5"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("exists"), "{stderr}");
+
+    app.login("bea", "bcrypt user password").await;
+    app.login("arne", "argon user password").await;
+    for name in ["bea", "arne"] {
+        let u = app.auth.find_user(name).await.unwrap();
+        assert!(
+            u.password_hash
+                .starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{name}: {}",
+            u.password_hash
+        );
+    }
+    assert_eq!(
+        app.auth.find_user("bea").await.unwrap().roles.to_csv(),
+        "ops"
+    );
+
+    let again = tokio::task::spawn_blocking(run).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("imported 0 users"),
+        "idempotent"
+    );
+}
