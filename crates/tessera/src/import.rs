@@ -64,9 +64,11 @@ fn csv_fields(line: &str) -> Result<Vec<String>, String> {
     Ok(fields)
 }
 
-/// Parses a whole file; returns the records with their line numbers, and the lines that could
-/// not be read with the reason.
-pub fn parse(text: &str) -> (Vec<(usize, ImportRecord)>, Vec<(usize, String)>) {
+/// Records with their line numbers, and the lines that could not be read with the reason.
+pub type Parsed = (Vec<(usize, ImportRecord)>, Vec<(usize, String)>);
+
+/// Parses a whole file.
+pub fn parse(text: &str) -> Parsed {
     let mut ok = Vec::new();
     let mut bad = Vec::new();
     let mut lines = text
