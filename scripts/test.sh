@@ -26,6 +26,10 @@ need npm npm
 echo "== npm ci (playwright-core for the browser tests; it never downloads a browser)"
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 
+echo "== a Python venv for the spec validator"
+python3 -m venv target/venv
+target/venv/bin/pip install -q --disable-pip-version-check openapi-spec-validator
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
@@ -37,6 +41,8 @@ cargo test --workspace --locked 2>&1 | tee "$log"
 echo "== the end-to-end suite again, on Redis + PostgreSQL"
 TESSERA_TEST_BACKEND=redis-postgres cargo test --locked -p tessera --test api -- \
   --skip contract:: --skip scaleout:: 2>&1 | tee -a "$log"
+echo "== the pinned OpenAPI document validates"
+target/venv/bin/openapi-spec-validator crates/tessera/tests/api/snapshots/openapi.json
 # One closing line for the whole workspace (the last cargo line is often the doc-tests' "0 passed").
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -5,6 +5,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::error::ErrorResponse;
 
 use super::AppState;
 use super::error::ApiError;
@@ -15,15 +18,16 @@ use crate::domain::user::{Roles, User, UserId, Username};
 use crate::service::{AuthError, Issued, LogoutScope, UserPatch};
 
 /// `POST /login` JSON body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     username: String,
+    #[schema(value_type = String, format = Password, example = "correct horse battery staple")]
     password: SecretString,
 }
 
 /// `POST /login` JSON answer; `token` equals `access_token` (seed compatibility).
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct LoginResponse {
     token: String,
     access_token: String,
@@ -48,6 +52,16 @@ fn is_content_type(headers: &HeaderMap, expected: &str) -> bool {
 }
 
 /// `POST /login`: JSON credentials → tokens. (The HTML form variant comes with the pages.)
+#[utoipa::path(post, path = "/login", tag = "auth",
+    request_body(content = LoginRequest, content_type = "application/json", description = "JSON credentials (the HTML form posts the same fields plus csrf_token)"),
+    responses(
+        (status = 200, description = "Signed in", body = LoginResponse),
+        (status = 400, description = "Malformed body", body = ErrorResponse),
+        (status = 401, description = "Invalid credentials (unknown user, wrong password and disabled user alike)", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+        (status = 415, description = "Not JSON", body = ErrorResponse),
+        (status = 429, description = "Too many failures; see Retry-After", body = ErrorResponse),
+        (status = 503, description = "Store unavailable; see Retry-After", body = ErrorResponse)))]
 pub async fn login(
     State(state): State<AppState>,
     Client(client): Client,
@@ -95,16 +109,17 @@ pub async fn login(
 }
 
 /// `POST /token` form (RFC 6749 §4.3 and §6). Unknown parameters are ignored, as the RFC says.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 pub struct TokenRequest {
     grant_type: Option<String>,
     username: Option<String>,
+    #[schema(value_type = Option<String>, format = Password)]
     password: Option<SecretString>,
     refresh_token: Option<String>,
 }
 
 /// RFC 6749 §5.1 answer.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct TokenResponse {
     access_token: String,
     token_type: &'static str,
@@ -113,6 +128,14 @@ pub struct TokenResponse {
 }
 
 /// `POST /token`: password and refresh-token grants.
+#[utoipa::path(post, path = "/token", tag = "auth",
+    request_body(content = TokenRequest, content_type = "application/x-www-form-urlencoded", description = "RFC 6749: grant_type=password (username, password) or grant_type=refresh_token (refresh_token)"),
+    responses(
+        (status = 200, description = "RFC 6749 §5.1 token response", body = TokenResponse),
+        (status = 400, description = "RFC 6749 §5.2 error: invalid_request, invalid_grant, unsupported_grant_type", body = ErrorResponse),
+        (status = 415, description = "Not a form", body = ErrorResponse),
+        (status = 429, description = "Too many failures; see Retry-After", body = ErrorResponse),
+        (status = 503, description = "Store unavailable", body = ErrorResponse)))]
 pub async fn token(
     State(state): State<AppState>,
     Client(client): Client,
@@ -166,17 +189,28 @@ pub async fn token(
 }
 
 /// `/profile` answer.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct ProfileResponse {
+    #[schema(value_type = String, format = Uuid)]
     id: UserId,
+    #[schema(value_type = String, example = "alice")]
     username: Username,
+    #[schema(value_type = String, example = "alice")]
     user: Username,
+    #[schema(value_type = Vec<String>, example = json!(["admin"]))]
     roles: Roles,
+    #[schema(value_type = String, format = DateTime, example = "2026-11-23T08:00:00.000Z")]
     created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     cached_at: Timestamp,
 }
 
 /// `GET /profile`: from the profile cache for up to 300 s.
+#[utoipa::path(get, path = "/profile", tag = "account", security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The caller's profile, cached for up to 300 s", body = ProfileResponse),
+        (status = 401, description = "No valid token or cookie", body = ErrorResponse),
+        (status = 503, description = "Store unavailable", body = ErrorResponse)))]
 pub async fn profile(
     State(state): State<AppState>,
     Authenticated(who): Authenticated,
@@ -196,15 +230,18 @@ pub async fn profile(
 }
 
 /// `?scope=` or `{"scope": …}` of `POST /logout`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, ToSchema, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct LogoutParams {
     #[serde(default)]
+    #[schema(value_type = Option<String>, example = "current")]
+    #[param(value_type = Option<String>)]
     scope: Option<LogoutScope>,
 }
 
 /// `POST /logout` JSON answer.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct LogoutResponse {
     detail: &'static str,
     revoked: u64,
@@ -212,6 +249,16 @@ pub struct LogoutResponse {
 
 /// `POST /logout`: revokes this session, the others, or all. The body is optional; when present
 /// it must be JSON.
+#[utoipa::path(post, path = "/logout", tag = "auth", security(("bearer" = []), ("cookie" = [])),
+    params(LogoutParams),
+    request_body(content = Option<LogoutParams>, content_type = "application/json", description = "Optional {\"scope\": \"current\" | \"others\" | \"all\"}"),
+    responses(
+        (status = 200, description = "Logged out", body = LogoutResponse),
+        (status = 303, description = "Form logout: to /login or /dashboard"),
+        (status = 400, description = "Bad scope", body = ErrorResponse),
+        (status = 401, description = "No valid token or cookie", body = ErrorResponse),
+        (status = 403, description = "Cookie without a valid CSRF token, or cross-site", body = ErrorResponse),
+        (status = 503, description = "Store unavailable", body = ErrorResponse)))]
 pub async fn logout(
     State(state): State<AppState>,
     Authenticated(who): Authenticated,
@@ -252,6 +299,12 @@ pub async fn logout(
 }
 
 /// `GET /verify`: forward-auth. 200 with identity headers, 401 otherwise, never a redirect.
+#[utoipa::path(get, path = "/verify", tag = "forward-auth", security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "Valid: identity in X-Auth-User, X-Auth-User-Id, X-Auth-Roles, X-Auth-Session",
+            headers(("X-Auth-User" = String), ("X-Auth-User-Id" = String), ("X-Auth-Roles" = String), ("X-Auth-Session" = String))),
+        (status = 401, description = "No valid token or cookie (never a redirect)", body = ErrorResponse),
+        (status = 503, description = "Store unavailable", body = ErrorResponse)))]
 pub async fn verify(Authenticated(who): Authenticated) -> Response {
     let mut res = StatusCode::OK.into_response();
     let h = res.headers_mut();
@@ -265,11 +318,15 @@ pub async fn verify(Authenticated(who): Authenticated) -> Response {
 }
 
 /// One entry of `GET /sessions`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SessionView {
+    #[schema(value_type = String, format = Uuid)]
     id: SessionId,
+    #[schema(value_type = String, format = DateTime, example = "2026-11-23T08:00:00.000Z")]
     created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     last_seen_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
     expires_at: Timestamp,
     user_agent: Option<String>,
     ip: Option<String>,
@@ -277,12 +334,17 @@ pub struct SessionView {
 }
 
 /// `GET /sessions` answer.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct SessionsResponse {
     sessions: Vec<SessionView>,
 }
 
 /// `GET /sessions`: the caller's live sessions.
+#[utoipa::path(get, path = "/sessions", tag = "account", security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "The caller's live sessions", body = SessionsResponse),
+        (status = 401, description = "No valid token or cookie", body = ErrorResponse),
+        (status = 503, description = "Store unavailable", body = ErrorResponse)))]
 pub async fn sessions(
     State(state): State<AppState>,
     Authenticated(who): Authenticated,
@@ -306,6 +368,14 @@ pub async fn sessions(
 }
 
 /// `DELETE /sessions/{id}`: revokes one of the caller's sessions.
+#[utoipa::path(delete, path = "/sessions/{id}", tag = "account", security(("bearer" = []), ("cookie" = [])),
+    params(("id" = String, Path, description = "Session id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "No valid token or cookie", body = ErrorResponse),
+        (status = 403, description = "Cookie without a valid CSRF token", body = ErrorResponse),
+        (status = 404, description = "Not one of the caller's sessions", body = ErrorResponse),
+        (status = 503, description = "Store unavailable", body = ErrorResponse)))]
 pub async fn delete_session(
     State(state): State<AppState>,
     Authenticated(who): Authenticated,
@@ -317,14 +387,26 @@ pub async fn delete_session(
 }
 
 /// `POST /password` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PasswordRequest {
+    #[schema(value_type = String, format = Password)]
     current_password: SecretString,
+    #[schema(value_type = String, format = Password)]
     new_password: SecretString,
 }
 
 /// `POST /password`: change the caller's password; every other session is revoked.
+#[utoipa::path(post, path = "/password", tag = "account", security(("bearer" = []), ("cookie" = [])),
+    request_body(content = PasswordRequest, content_type = "application/json"),
+    responses(
+        (status = 204, description = "Changed; every other session of the user is revoked"),
+        (status = 400, description = "Malformed body", body = ErrorResponse),
+        (status = 401, description = "No valid token or cookie", body = ErrorResponse),
+        (status = 403, description = "Wrong current password (invalid_credentials) or CSRF", body = ErrorResponse),
+        (status = 422, description = "The new password fails the policy (weak_password)", body = ErrorResponse),
+        (status = 429, description = "Too many failures", body = ErrorResponse),
+        (status = 503, description = "Store unavailable", body = ErrorResponse)))]
 pub async fn change_password(
     State(state): State<AppState>,
     Authenticated(who): Authenticated,
@@ -339,12 +421,17 @@ pub async fn change_password(
 }
 
 /// The public view of a user.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct UserResponse {
+    #[schema(value_type = String, format = Uuid)]
     id: UserId,
+    #[schema(value_type = String, example = "alice")]
     username: Username,
+    #[schema(value_type = String, example = "alice")]
     user: Username,
+    #[schema(value_type = Vec<String>, example = json!(["admin"]))]
     roles: Roles,
+    #[schema(value_type = String, format = DateTime, example = "2026-11-23T08:00:00.000Z")]
     created_at: Timestamp,
     disabled: bool,
 }
@@ -363,14 +450,24 @@ impl From<&User> for UserResponse {
 }
 
 /// `POST /users` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
     username: String,
+    #[schema(value_type = String, format = Password, example = "correct horse battery staple")]
     password: SecretString,
 }
 
 /// `POST /users`: self-service registration (when enabled); does not log in.
+#[utoipa::path(post, path = "/users", tag = "users",
+    request_body(content = RegisterRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created (does not sign in)", body = UserResponse),
+        (status = 400, description = "Malformed body", body = ErrorResponse),
+        (status = 403, description = "Registration is closed", body = ErrorResponse),
+        (status = 409, description = "Username taken", body = ErrorResponse),
+        (status = 422, description = "Invalid username or weak password", body = ErrorResponse),
+        (status = 503, description = "Store unavailable", body = ErrorResponse)))]
 pub async fn register(
     State(state): State<AppState>,
     Json(req): Json<RegisterRequest>,
@@ -380,12 +477,17 @@ pub async fn register(
 }
 
 /// `GET /admin/users` answer.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct UsersResponse {
     users: Vec<UserResponse>,
 }
 
 /// `GET /admin/users`.
+#[utoipa::path(get, path = "/admin/users", tag = "admin", security(("bearer" = []), ("cookie" = [])),
+    responses(
+        (status = 200, description = "All users", body = UsersResponse),
+        (status = 401, description = "No valid token or cookie", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse)))]
 pub async fn admin_list(
     State(state): State<AppState>,
     _: Admin,
@@ -397,16 +499,26 @@ pub async fn admin_list(
 }
 
 /// `POST /admin/users` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminCreateRequest {
     username: String,
+    #[schema(value_type = String, format = Password, example = "correct horse battery staple")]
     password: SecretString,
     #[serde(default)]
     roles: Vec<String>,
 }
 
 /// `POST /admin/users`.
+#[utoipa::path(post, path = "/admin/users", tag = "admin", security(("bearer" = []), ("cookie" = [])),
+    request_body(content = AdminCreateRequest, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created", body = UserResponse),
+        (status = 400, description = "Malformed body", body = ErrorResponse),
+        (status = 401, description = "No valid token or cookie", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+        (status = 409, description = "Username taken", body = ErrorResponse),
+        (status = 422, description = "Invalid username, role or weak password", body = ErrorResponse)))]
 pub async fn admin_create(
     State(state): State<AppState>,
     Admin(admin): Admin,
@@ -421,7 +533,7 @@ pub async fn admin_create(
 }
 
 /// `PATCH /admin/users/{id}` body.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminPatchRequest {
     #[serde(default)]
@@ -435,6 +547,16 @@ fn user_id(raw: &str) -> Result<UserId, ApiError> {
 }
 
 /// `PATCH /admin/users/{id}`: disable/enable, set roles.
+#[utoipa::path(patch, path = "/admin/users/{id}", tag = "admin", security(("bearer" = []), ("cookie" = [])),
+    params(("id" = String, Path, description = "User id")),
+    request_body(content = AdminPatchRequest, content_type = "application/json"),
+    responses(
+        (status = 200, description = "Updated (disabling revokes the user's sessions)", body = UserResponse),
+        (status = 400, description = "Malformed body", body = ErrorResponse),
+        (status = 401, description = "No valid token or cookie", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+        (status = 404, description = "No such user", body = ErrorResponse),
+        (status = 422, description = "Invalid role", body = ErrorResponse)))]
 pub async fn admin_update(
     State(state): State<AppState>,
     Admin(admin): Admin,
@@ -452,6 +574,13 @@ pub async fn admin_update(
 }
 
 /// `DELETE /admin/users/{id}`: deletes the user and revokes their sessions.
+#[utoipa::path(delete, path = "/admin/users/{id}", tag = "admin", security(("bearer" = []), ("cookie" = [])),
+    params(("id" = String, Path, description = "User id")),
+    responses(
+        (status = 204, description = "Deleted; the user's sessions are revoked"),
+        (status = 401, description = "No valid token or cookie", body = ErrorResponse),
+        (status = 403, description = "Not an admin", body = ErrorResponse),
+        (status = 404, description = "No such user", body = ErrorResponse)))]
 pub async fn admin_delete(
     State(state): State<AppState>,
     Admin(admin): Admin,
@@ -464,6 +593,8 @@ pub async fn admin_delete(
 }
 
 /// `GET /.well-known/jwks.json`.
+#[utoipa::path(get, path = "/.well-known/jwks.json", tag = "keys",
+    responses((status = 200, description = "Public signing keys (JWK Set; EdDSA keys are OKP/Ed25519)", body = Object)))]
 pub async fn jwks(State(state): State<AppState>) -> Response {
     let mut res = axum::Json(state.auth.keys().jwks().clone()).into_response();
     res.headers_mut().insert(
@@ -474,11 +605,17 @@ pub async fn jwks(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /healthz`: the process runs.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process runs", body = Object)))]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
 /// `GET /readyz`: the stores answer and we are not shutting down.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "The stores answer", body = Object),
+        (status = 503, description = "A store does not answer, or shutting down", body = ErrorResponse)))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     if state
         .shutting_down
@@ -499,6 +636,8 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain")))]
 pub async fn metrics() -> Response {
     let body = crate::observability::handle()
         .map(|h| h.render())

@@ -240,6 +240,7 @@ pub fn form_field(body: &[u8], name: &str) -> Option<String> {
 /// Security headers on every response; HTML gets the CSP. Pages for a signed-in user are
 /// `no-store` through the router-wide default.
 pub async fn security_headers(req: Request, next: Next) -> Response {
+    let docs = req.uri().path().starts_with("/docs");
     let mut res = next.run(req).await;
     let h = res.headers_mut();
     let is_html = h
@@ -247,12 +248,17 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/html"));
     if is_html {
+        // Swagger UI sets inline styles; our own pages need nothing beyond 'self'.
+        let csp = if docs {
+            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; \
+             object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+        } else {
+            "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; \
+             form-action 'self'; frame-ancestors 'none'"
+        };
         h.insert(
             header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(
-                "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; \
-                 form-action 'self'; frame-ancestors 'none'",
-            ),
+            HeaderValue::from_static(csp),
         );
         h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     }

@@ -27,6 +27,20 @@ pub struct ApiError {
     oauth: bool,
 }
 
+/// The JSON error body (API.md §4), for the OpenAPI document.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorResponse {
+    /// Stable snake_case code.
+    #[schema(example = "invalid_token")]
+    pub error: String,
+    /// A sentence for a person.
+    #[schema(example = "the token is invalid, expired or revoked")]
+    pub detail: String,
+    /// RFC 6749 §5.2 (on `/token` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_description: Option<String>,
+}
+
 #[derive(Serialize)]
 struct Body<'a> {
     error: &'a str,

@@ -5,6 +5,7 @@ pub mod api;
 pub mod browser;
 pub mod error;
 pub mod extract;
+pub mod openapi;
 pub mod pages;
 
 use std::any::Any;
@@ -88,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(api::readyz))
         .route("/metrics", get(api::metrics))
+        .merge(openapi::swagger())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), browser::csrf_guard))

@@ -9,6 +9,7 @@ mod servers;
 mod chromium;
 mod cli;
 mod contract;
+mod docs;
 mod ecosystem;
 mod forward_auth;
 mod hostile;
