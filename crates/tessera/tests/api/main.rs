@@ -11,6 +11,7 @@ mod cli;
 mod contract;
 mod docs;
 mod ecosystem;
+mod extractor;
 mod forward_auth;
 mod hostile;
 mod login;
