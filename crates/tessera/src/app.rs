@@ -177,6 +177,7 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
 /// A built server, bound and ready to run.
 pub struct Application {
     listener: TcpListener,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
     state: AppState,
     shutdown_grace: Duration,
     _lock: Option<File>,
@@ -199,9 +200,27 @@ impl Application {
             .await
             .with_context(|| format!("cannot listen on {}", settings.listen))?;
         let bound = listener.local_addr()?;
+        let tls = match (&settings.tls_cert, &settings.tls_key) {
+            (Some(cert), Some(key)) => {
+                // One crypto provider for the whole process, whatever else links rustls.
+                let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+                let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "tls_cert/tls_key: cannot load {} and {}",
+                            cert.display(),
+                            key.display()
+                        )
+                    })?;
+                Some(config)
+            }
+            _ => None,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         settings
             .public_url
-            .get_or_insert_with(|| format!("http://{bound}"));
+            .get_or_insert_with(|| format!("{scheme}://{bound}"));
         let lock = if settings.uses_embedded_store() {
             create_data_dir(&settings.data_dir)?;
             Some(lock_data_dir(&settings.data_dir)?)
@@ -225,6 +244,7 @@ impl Application {
         };
         Ok(Self {
             listener,
+            tls,
             state,
             shutdown_grace: settings.shutdown_grace,
             _lock: lock,
@@ -257,6 +277,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Self {
             listener,
+            tls,
             state,
             shutdown_grace,
             _lock,
@@ -271,15 +292,31 @@ impl Application {
             let _ = stopped_tx.send(true);
         };
         let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let server = axum::serve(listener, app).with_graceful_shutdown(on_stop);
         let mut stopped = stopped_rx;
         let deadline = async move {
             let _ = stopped.wait_for(|s| *s).await;
             tokio::time::sleep(shutdown_grace).await;
         };
-        tokio::select! {
-            r = server => r.context("server error")?,
-            () = deadline => tracing::warn!("shutdown grace elapsed; closing remaining connections"),
+        match tls {
+            None => {
+                let server = axum::serve(listener, app).with_graceful_shutdown(on_stop);
+                tokio::select! {
+                    r = server => r.context("server error")?,
+                    () = deadline => tracing::warn!("shutdown grace elapsed; closing remaining connections"),
+                }
+            }
+            Some(config) => {
+                let handle = axum_server::Handle::new();
+                let server = axum_server::from_tcp_rustls(listener.into_std()?, config)?
+                    .handle(handle.clone())
+                    .serve(app);
+                let drain = async move {
+                    on_stop.await;
+                    handle.graceful_shutdown(Some(shutdown_grace));
+                };
+                tokio::spawn(drain);
+                server.await.context("server error")?;
+            }
         }
         for task in background {
             task.abort();

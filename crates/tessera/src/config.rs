@@ -90,6 +90,12 @@ pub struct Settings {
     /// Drain time after SIGTERM/SIGINT.
     #[serde(default = "d::shutdown_grace", deserialize_with = "duration")]
     pub shutdown_grace: Duration,
+    /// PEM certificate chain; with `tls_key`, serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN).
+    #[serde(default)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for `tls_cert`.
+    #[serde(default)]
+    pub tls_key: Option<PathBuf>,
     /// `text` (default) or `json` log lines.
     #[serde(default)]
     pub log_format: LogFormat,
@@ -189,6 +195,8 @@ const KEYS: &[&str] = &[
     "jwt_leeway",
     "audience",
     "shutdown_grace",
+    "tls_cert",
+    "tls_key",
     "log_format",
     "admin_password",
 ];
@@ -366,6 +374,14 @@ pub struct SettingsArgs {
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_grace: Option<String>,
+    /// PEM certificate chain: serve HTTPS.
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<String>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<String>,
     /// text or json [default: text].
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -500,6 +516,9 @@ impl Settings {
             .map(crate::store::redis::Topology::parse)
         {
             return bad("redis_url", &why);
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return bad("tls_cert/tls_key", "give both or neither");
         }
         if self.redis_key_prefix.is_empty() || self.redis_key_prefix.contains(['{', '}', ' ']) {
             return bad(

@@ -110,3 +110,89 @@ async fn imported_bcrypt_and_argon2_users_log_in_and_are_upgraded() {
         "idempotent"
     );
 }
+
+#[tokio::test]
+async fn tls_serves_http2_with_the_configured_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let app = spawn_app_with(&[
+        ("TESSERA_TLS_CERT", cert.to_str().unwrap()),
+        ("TESSERA_TLS_KEY", key.to_str().unwrap()),
+    ])
+    .await;
+    let url = format!("https://127.0.0.1:{}", app.addr.port());
+    let curl = |args: Vec<String>| {
+        let cert = cert.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new("curl")
+                .args(["-sS", "--http2", "--cacert"])
+                .arg(&cert)
+                .args(&args)
+                .output()
+                .unwrap()
+        })
+    };
+    let out = curl(vec![
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "%{http_version} %{http_code}".into(),
+        format!("{url}/healthz"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "2 200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body = format!("{{\"username\":\"admin\",\"password\":\"{ADMIN_PASSWORD}\"}}");
+    let out = curl(vec![
+        "-H".into(),
+        "content-type: application/json".into(),
+        "-d".into(),
+        body,
+        format!("{url}/login"),
+    ])
+    .await
+    .unwrap();
+    let login: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(login["access_token"].is_string(), "{login}");
+    // Plain HTTP on the TLS port is refused.
+    let plain = app
+        .client
+        .get(format!("http://127.0.0.1:{}/healthz", app.addr.port()))
+        .send()
+        .await;
+    assert!(plain.map(|r| r.status() != StatusCode::OK).unwrap_or(true));
+}
