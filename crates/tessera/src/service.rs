@@ -321,8 +321,17 @@ impl Auth {
     /// Re-reads the key ring (a rotation by the CLI or another instance) and drops retired keys
     /// whose tokens have all expired.
     pub async fn reload_keys(&self) -> Result<(), AuthError> {
-        let Some(ring) = self.key_store.load().await? else {
-            return Ok(());
+        let ring = match self.key_store.load().await? {
+            Some(ring) => ring,
+            None => {
+                // The store lost the ring (a Redis that came back empty): make a new one, agreed
+                // on by every instance through the store. Every old token is invalid anyway,
+                // since its session is gone too.
+                tracing::warn!("the key ring is missing from the store; creating a new one");
+                let fresh = KeyRing::generate(self.policy.signing_alg, self.now())
+                    .map_err(|e| AuthError::Unexpected(e.into()))?;
+                self.key_store.init(&fresh).await?
+            }
         };
         let keys = Keys::from_ring(
             &ring,

@@ -12,6 +12,7 @@ mod contract;
 mod docs;
 mod ecosystem;
 mod extractor;
+mod faults;
 mod forward_auth;
 mod hostile;
 mod login;

@@ -71,8 +71,16 @@ pub struct RedisProcess {
 
 impl RedisProcess {
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_with(free_port(), None, extra)
+    }
+
+    /// Starts again on `port`, loading the data saved in `data_dir`.
+    pub fn start_on(port: u16, data_dir: &Path) -> Self {
+        Self::start_with(port, Some(data_dir), &[])
+    }
+
+    fn start_with(port: u16, data_dir: Option<&Path>, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
         let log = dir.path().join("redis.log");
         let child = Command::new("redis-server")
             .args([
@@ -86,7 +94,7 @@ impl RedisProcess {
                 "no",
             ])
             .args(["--enable-debug-command", "local", "--dir"])
-            .arg(dir.path())
+            .arg(data_dir.unwrap_or(dir.path()))
             .arg("--logfile")
             .arg(&log)
             .args(extra)
@@ -107,6 +115,11 @@ impl RedisProcess {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Where this server keeps its dump.
+    pub fn data_dir(&self) -> &Path {
+        self._dir.path()
     }
 
     pub fn kill(&mut self) {
@@ -249,6 +262,53 @@ pub struct Postgres {
     pub port: u16,
     dir: TempDir,
     next_db: AtomicU32,
+}
+
+impl Postgres {
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let out = as_postgres(&pg_bin("pg_ctl"))
+            .arg("-D")
+            .arg(self.data())
+            .args(args)
+            .output()
+            .expect("pg_ctl");
+        assert!(
+            out.status.success(),
+            "pg_ctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Stops the server (fast shutdown), as an outage would.
+    pub fn stop(&self) {
+        self.pg_ctl(&["stop", "-m", "fast", "-w"]);
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&self) {
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("pg-restart.log");
+        self.pg_ctl(&[
+            "start",
+            "-w",
+            "-o",
+            &opts,
+            "-l",
+            log.to_str().unwrap_or("/dev/null"),
+        ]);
+        watchdog(&format!(
+            "kill -9 $(head -1 {}/postmaster.pid) 2>/dev/null",
+            self.data().display()
+        ));
+    }
 }
 
 fn pg_bin(name: &str) -> PathBuf {
