@@ -34,9 +34,8 @@ fn hammer(
 
 async fn until_ok(app: &TestApp, access: &str, within: Duration) -> Duration {
     let started = Instant::now();
-    let mut last = StatusCode::OK;
     loop {
-        last = match app.verify_status(access).await {
+        let last = match app.verify_status(access).await {
             StatusCode::OK => return started.elapsed(),
             s => s,
         };
