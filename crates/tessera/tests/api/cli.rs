@@ -186,13 +186,13 @@ async fn cli_key_rotation_reaches_a_running_server_within_ten_seconds() {
 }
 
 /// A `tessera serve` process and the address it bound.
-struct Server {
-    child: Child,
-    addr: String,
-    stderr_head: Vec<String>,
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub stderr_head: Vec<String>,
 }
 
-fn serve(dir: &Path, env: &[(&str, &str)]) -> Server {
+pub fn serve(dir: &Path, env: &[(&str, &str)]) -> Server {
     let mut cmd = tessera(dir);
     cmd.args([
         "serve",

@@ -250,3 +250,141 @@ async fn every_response_carries_a_request_id_and_nosniff() {
     let res = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert!(!res.headers()["x-request-id"].is_empty());
 }
+
+#[tokio::test]
+async fn a_spoofed_forwarded_for_from_an_untrusted_peer_does_not_escape_the_ip_limit() {
+    let app = spawn_app_with(&[("TESSERA_LOGIN_IP_MAX_FAILURES", "3")]).await;
+    let attacker = client_from("127.0.0.7");
+    for i in 0..3 {
+        let res = attacker
+            .post(app.url("/login"))
+            .header("x-forwarded-for", format!("10.9.8.{i}"))
+            .json(&json!({"username": format!("u{i}"), "password": "wrong password"}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    }
+    let res = attacker
+        .post(app.url("/login"))
+        .header("x-forwarded-for", "203.0.113.99")
+        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the socket peer is the client"
+    );
+}
+
+#[tokio::test]
+async fn a_trusted_proxy_forwarded_for_names_the_client() {
+    let app = spawn_app_with(&[
+        ("TESSERA_LOGIN_IP_MAX_FAILURES", "2"),
+        ("TESSERA_TRUSTED_PROXIES", "127.0.0.8/32"),
+    ])
+    .await;
+    let proxy = client_from("127.0.0.8");
+    for _ in 0..2 {
+        proxy
+            .post(app.url("/login"))
+            .header("x-forwarded-for", "198.51.100.1")
+            .json(&json!({"username": "x", "password": "wrong password"}))
+            .send()
+            .await
+            .unwrap();
+    }
+    let other_client = proxy
+        .post(app.url("/login"))
+        .header("x-forwarded-for", "198.51.100.2")
+        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        other_client.status(),
+        StatusCode::OK,
+        "another client behind the same proxy is not throttled"
+    );
+    let same_client = proxy
+        .post(app.url("/login"))
+        .header("x-forwarded-for", "198.51.100.1")
+        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same_client.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn ten_thousand_distinct_invalid_tokens_cost_no_memory_and_no_waiting() {
+    // A server process of its own, so its memory is measured alone.
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = crate::cli::serve(dir.path(), &[("TESSERA_ADMIN_PASSWORD", ADMIN_PASSWORD)]);
+    let pid = server.child.id();
+    let rss_kib = || -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let base = format!("http://{}", server.addr);
+    let client = client_from("127.0.0.1");
+    let res = client
+        .post(format!("{base}/login"))
+        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let access = res.json::<serde_json::Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let header = access.split_once('.').unwrap().0.to_owned();
+
+    let mut slowest = std::time::Duration::ZERO;
+    let mut before = 0;
+    for batch in 0..110 {
+        if batch == 10 {
+            before = rss_kib(); // after a warm-up of 1,000
+        }
+        let mut set = tokio::task::JoinSet::new();
+        for i in 0..100 {
+            // A real header (so parsing goes all the way to the signature), random payloads.
+            let token = format!("{header}.eyJzdWIiOiJ{batch}x{i}In0.c2lnbmF0dXJl{batch}{i}");
+            let req = client.get(format!("{base}/verify")).bearer_auth(token);
+            set.spawn(async move {
+                let started = std::time::Instant::now();
+                let status = req.send().await.unwrap().status();
+                (status, started.elapsed())
+            });
+        }
+        while let Some(done) = set.join_next().await {
+            let (status, took) = done.unwrap();
+            assert_eq!(status, StatusCode::UNAUTHORIZED);
+            slowest = slowest.max(took);
+        }
+    }
+    let grown = rss_kib().saturating_sub(before);
+    assert!(
+        grown < 4 * 1024,
+        "server RSS grew by {grown} KiB over 10,000 invalid tokens"
+    );
+    assert!(
+        slowest < std::time::Duration::from_millis(500),
+        "slowest {slowest:?} (store_timeout is 500ms)"
+    );
+    let ok = client
+        .get(format!("{base}/verify"))
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+}

@@ -18,6 +18,7 @@ mod hostile;
 mod login;
 mod pages;
 mod persistence;
+mod properties;
 mod scaleout;
 mod sessions;
 mod tokens;
