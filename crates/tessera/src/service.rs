@@ -250,6 +250,12 @@ pub struct Auth {
     /// second so random `kid`s cannot hammer the store.
     last_kid_reload: std::sync::atomic::AtomicI64,
     profiles: Arc<dyn ProfileCache>,
+    /// Access tokens whose signature and claims checked out, by SHA-256 of the whole token.
+    /// An Ed25519 check costs tens of microseconds; a client presents the same token for many
+    /// requests. Safe because the key is the exact token bytes (any change is a miss), only
+    /// successes are cached (an attacker cannot fill it), expiry is re-checked on every hit, and
+    /// the session is still read from the store on every request, so revocation is immediate.
+    verified: moka::future::Cache<[u8; 32], Arc<Claims>>,
     hasher: PasswordHasher,
     clock: Arc<dyn Clock>,
     policy: Policy,
@@ -297,6 +303,10 @@ impl Auth {
             keys: RwLock::new(Arc::new(keys)),
             last_kid_reload: std::sync::atomic::AtomicI64::new(0),
             profiles,
+            verified: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(policy.tokens.ttl + policy.tokens.leeway)
+                .build(),
             hasher,
             clock,
             policy,
@@ -623,17 +633,7 @@ impl Auth {
     /// write at most once per [`touch_interval`](crate::domain::session::touch_interval).
     pub async fn authenticate_bearer(&self, token: &str) -> Result<Principal, AuthError> {
         let now = self.now();
-        let leeway = self.policy.tokens.leeway;
-        let mut verified = self.keys().verify(token, now, leeway);
-        if verified == Err(TokenError::UnknownKey) && self.may_reload_for_unknown_kid(now) {
-            // Another instance may have rotated a moment ago: look once before refusing.
-            self.reload_keys().await?;
-            verified = self.keys().verify(token, now, leeway);
-        }
-        let claims = verified.map_err(|e| {
-            tracing::debug!(reason = %e, "access token refused");
-            AuthError::InvalidToken
-        })?;
+        let claims = self.verified_claims(token, now).await?;
         let user = UserId::parse(&claims.sub).ok_or(AuthError::InvalidToken)?;
         let sid = SessionId::parse(&claims.sid).ok_or(AuthError::InvalidToken)?;
         let session = self
@@ -686,6 +686,35 @@ impl Auth {
     /// Checks a login form's CSRF token.
     pub fn check_login_csrf(&self, nonce: &str, token: &str) -> LoginCsrf {
         cookie::check_login_csrf(self.keys().mac_key(), nonce, token, self.now())
+    }
+
+    /// The claims of a valid access token, from the verified-token cache when possible.
+    async fn verified_claims(&self, token: &str, now: Timestamp) -> Result<Arc<Claims>, AuthError> {
+        let leeway = self.policy.tokens.leeway;
+        if token.len() > crate::domain::jwt::MAX_TOKEN_LEN {
+            return Err(AuthError::InvalidToken);
+        }
+        let key = crate::domain::secret::sha256(token.as_bytes());
+        if let Some(claims) = self.verified.get(&key).await {
+            let live = now.as_secs() < claims.exp.saturating_add(leeway.as_secs() as i64);
+            return if live {
+                Ok(claims)
+            } else {
+                Err(AuthError::InvalidToken)
+            };
+        }
+        let mut verified = self.keys().verify(token, now, leeway);
+        if verified == Err(TokenError::UnknownKey) && self.may_reload_for_unknown_kid(now) {
+            // Another instance may have rotated a moment ago: look once before refusing.
+            self.reload_keys().await?;
+            verified = self.keys().verify(token, now, leeway);
+        }
+        let claims = Arc::new(verified.map_err(|e| {
+            tracing::debug!(reason = %e, "access token refused");
+            AuthError::InvalidToken
+        })?);
+        self.verified.insert(key, Arc::clone(&claims)).await;
+        Ok(claims)
     }
 
     fn may_reload_for_unknown_kid(&self, now: Timestamp) -> bool {

@@ -335,3 +335,31 @@ async fn a_token_from_another_installation_is_refused() {
         StatusCode::BAD_REQUEST
     );
 }
+
+#[tokio::test]
+async fn the_verified_token_cache_never_accepts_a_changed_token() {
+    let app = spawn_app().await;
+    let t = app.login("admin", ADMIN_PASSWORD).await;
+    assert_eq!(app.verify_status(&t.access).await, StatusCode::OK); // now cached
+    let (head_payload, sig) = t.access.rsplit_once('.').unwrap();
+    let mut bytes = URL_SAFE_NO_PAD.decode(sig).unwrap();
+    bytes[0] ^= 1;
+    let bad_sig = format!("{head_payload}.{}", URL_SAFE_NO_PAD.encode(&bytes));
+    assert_eq!(app.verify_status(&bad_sig).await, StatusCode::UNAUTHORIZED);
+    let (header, claims) = super::tokens::claims(&t.access);
+    let mut longer = claims.clone();
+    longer["exp"] = json!(claims["exp"].as_i64().unwrap() + 3600);
+    let forged = format!(
+        "{}.{}.{sig}",
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap()),
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&longer).unwrap())
+    );
+    assert_eq!(app.verify_status(&forged).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(app.verify_status(&t.access).await, StatusCode::OK);
+    app.advance(Duration::from_secs(900));
+    assert_eq!(
+        app.verify_status(&t.access).await,
+        StatusCode::UNAUTHORIZED,
+        "a cached token still dies at exp"
+    );
+}
