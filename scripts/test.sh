@@ -28,7 +28,7 @@ echo "== npm ci (playwright-core for the browser tests; it never downloads a bro
 
 echo "== a Python venv for the spec validator"
 python3 -m venv target/venv
-target/venv/bin/pip install -q --disable-pip-version-check openapi-spec-validator
+target/venv/bin/pip install -q --disable-pip-version-check openapi-spec-validator schemathesis
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
@@ -43,6 +43,8 @@ TESSERA_TEST_BACKEND=redis-postgres cargo test --locked -p tessera --test api --
   --skip contract:: --skip scaleout:: 2>&1 | tee -a "$log"
 echo "== the pinned OpenAPI document validates"
 target/venv/bin/openapi-spec-validator crates/tessera/tests/api/snapshots/openapi.json
+echo "== schemathesis against a live instance"
+bash scripts/schemathesis.sh "${CARGO_TARGET_DIR:-target}/debug/tessera" target/venv/bin/schemathesis
 # One closing line for the whole workspace (the last cargo line is often the doc-tests' "0 passed").
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

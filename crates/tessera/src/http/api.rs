@@ -256,6 +256,7 @@ pub struct LogoutResponse {
         (status = 200, description = "Logged out", body = LogoutResponse),
         (status = 303, description = "Form logout: to /login or /dashboard"),
         (status = 400, description = "Bad scope", body = ErrorResponse),
+        (status = 415, description = "A body that is neither JSON nor a form", body = ErrorResponse),
         (status = 401, description = "No valid token or cookie", body = ErrorResponse),
         (status = 403, description = "Cookie without a valid CSRF token, or cross-site", body = ErrorResponse),
         (status = 503, description = "Store unavailable", body = ErrorResponse)))]
@@ -402,6 +403,8 @@ pub struct PasswordRequest {
     responses(
         (status = 204, description = "Changed; every other session of the user is revoked"),
         (status = 400, description = "Malformed body", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+        (status = 415, description = "Not JSON", body = ErrorResponse),
         (status = 401, description = "No valid token or cookie", body = ErrorResponse),
         (status = 403, description = "Wrong current password (invalid_credentials) or CSRF", body = ErrorResponse),
         (status = 422, description = "The new password fails the policy (weak_password)", body = ErrorResponse),
@@ -464,6 +467,8 @@ pub struct RegisterRequest {
     responses(
         (status = 201, description = "Created (does not sign in)", body = UserResponse),
         (status = 400, description = "Malformed body", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+        (status = 415, description = "Not JSON", body = ErrorResponse),
         (status = 403, description = "Registration is closed", body = ErrorResponse),
         (status = 409, description = "Username taken", body = ErrorResponse),
         (status = 422, description = "Invalid username or weak password", body = ErrorResponse),
@@ -515,6 +520,8 @@ pub struct AdminCreateRequest {
     responses(
         (status = 201, description = "Created", body = UserResponse),
         (status = 400, description = "Malformed body", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+        (status = 415, description = "Not JSON", body = ErrorResponse),
         (status = 401, description = "No valid token or cookie", body = ErrorResponse),
         (status = 403, description = "Not an admin", body = ErrorResponse),
         (status = 409, description = "Username taken", body = ErrorResponse),
@@ -553,6 +560,8 @@ fn user_id(raw: &str) -> Result<UserId, ApiError> {
     responses(
         (status = 200, description = "Updated (disabling revokes the user's sessions)", body = UserResponse),
         (status = 400, description = "Malformed body", body = ErrorResponse),
+        (status = 413, description = "Body too large", body = ErrorResponse),
+        (status = 415, description = "Not JSON", body = ErrorResponse),
         (status = 401, description = "No valid token or cookie", body = ErrorResponse),
         (status = 403, description = "Not an admin", body = ErrorResponse),
         (status = 404, description = "No such user", body = ErrorResponse),
