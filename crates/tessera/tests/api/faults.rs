@@ -279,3 +279,75 @@ async fn a_redis_that_comes_back_empty_logs_everyone_out_and_revives_nothing() {
     let fresh = app.login("admin", ADMIN_PASSWORD).await;
     assert_eq!(app.verify_status(&fresh.access).await, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn sigterm_under_load_finishes_in_flight_requests_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = crate::cli::serve(dir.path(), &[("TESSERA_ADMIN_PASSWORD", ADMIN_PASSWORD)]);
+    let base = format!("http://{}", server.addr);
+    let client = client_from("127.0.0.1");
+    let res = client
+        .post(format!("{base}/login"))
+        .json(&serde_json::json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    let access = res.json::<serde_json::Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (client, base, access, stop) = (
+            client.clone(),
+            base.clone(),
+            access.clone(),
+            Arc::clone(&stop),
+        );
+        workers.spawn(async move {
+            let (mut ok, mut refused) = (0u32, 0u32);
+            while !stop.load(Ordering::SeqCst) {
+                match client
+                    .get(format!("{base}/verify"))
+                    .bearer_auth(&access)
+                    .send()
+                    .await
+                {
+                    // A response that started must be complete and correct.
+                    Ok(res) => {
+                        assert_eq!(res.status(), StatusCode::OK);
+                        res.bytes().await.expect("no truncated response");
+                        ok += 1;
+                    }
+                    // After the listener closed, new connections are refused: expected.
+                    Err(e) => {
+                        assert!(e.is_connect() || e.is_request(), "{e}");
+                        refused += 1;
+                    }
+                }
+            }
+            (ok, refused)
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = server.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let code = tokio::task::spawn_blocking(move || server.child.wait().unwrap())
+        .await
+        .unwrap();
+    stop.store(true, Ordering::SeqCst);
+    let mut served = 0;
+    while let Some(r) = workers.join_next().await {
+        served += r.unwrap().0;
+    }
+    assert_eq!(code.code(), Some(0));
+    assert!(served > 0);
+}
