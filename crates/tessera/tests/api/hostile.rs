@@ -388,3 +388,36 @@ async fn ten_thousand_distinct_invalid_tokens_cost_no_memory_and_no_waiting() {
     server.child.kill().unwrap();
     server.child.wait().unwrap();
 }
+
+#[tokio::test]
+async fn a_login_flood_past_the_hashing_queue_gets_503_not_unbounded_memory() {
+    let app = spawn_app().await;
+    let mut set = tokio::task::JoinSet::new();
+    for c in 0..6 {
+        let client = client_from(&format!("127.0.2.{}", c + 1));
+        for i in 0..25 {
+            let req = client
+                .post(app.url("/login"))
+                .json(&json!({"username": format!("flood{c}x{i}"), "password": "wrong password"}));
+            set.spawn(async move {
+                let res = req.send().await.unwrap();
+                (res.status(), res.headers().contains_key("retry-after"))
+            });
+        }
+    }
+    let mut seen = std::collections::BTreeMap::<u16, u32>::new();
+    while let Some(r) = set.join_next().await {
+        let (status, retry_after) = r.unwrap();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            assert!(retry_after, "503 carries Retry-After");
+        }
+        *seen.entry(status.as_u16()).or_default() += 1;
+    }
+    assert!(seen.keys().all(|s| *s == 401 || *s == 503), "{seen:?}");
+    assert!(
+        seen.get(&503).copied().unwrap_or(0) > 0,
+        "the queue is bounded: {seen:?}"
+    );
+    // The service is fine afterwards.
+    app.login("admin", ADMIN_PASSWORD).await;
+}
