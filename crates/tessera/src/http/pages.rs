@@ -101,10 +101,15 @@ fn unavailable_page(state: &AppState) -> Response {
     res
 }
 
-/// The pre-login CSRF nonce of this browser, and a `Set-Cookie` when it needs a new one.
-fn login_nonce_for(state: &AppState, headers: &HeaderMap) -> (String, Option<HeaderValue>) {
+/// The pre-login CSRF nonce of this browser, and a `Set-Cookie` when it needs a new one (none
+/// yet, a malformed one, or `fresh` after a refused form).
+fn login_nonce_for(
+    state: &AppState,
+    headers: &HeaderMap,
+    fresh: bool,
+) -> (String, Option<HeaderValue>) {
     match cookie(headers, state.http.cookies.login_csrf) {
-        Some(n) if n.len() == 43 => (n.to_owned(), None),
+        Some(n) if n.len() == 43 && !fresh => (n.to_owned(), None),
         _ => {
             let n = login_nonce();
             let c = state.http.cookies.set_login_csrf(&n);
@@ -126,13 +131,7 @@ fn login_page_response(
     view: LoginView<'_>,
     fresh_nonce: bool,
 ) -> Response {
-    let (nonce, set) = if fresh_nonce {
-        let n = login_nonce();
-        let c = state.http.cookies.set_login_csrf(&n);
-        (n, Some(c))
-    } else {
-        login_nonce_for(state, headers)
-    };
+    let (nonce, set) = login_nonce_for(state, headers, fresh_nonce);
     let mut res = state.templates.render(
         "login.html",
         context! {
@@ -527,13 +526,7 @@ fn render_register(
     error: Option<String>,
     fresh: bool,
 ) -> Response {
-    let (nonce, set) = if fresh {
-        let n = login_nonce();
-        let c = state.http.cookies.set_login_csrf(&n);
-        (n, Some(c))
-    } else {
-        login_nonce_for(state, headers)
-    };
+    let (nonce, set) = login_nonce_for(state, headers, fresh);
     let mut res = state.templates.render(
         "register.html",
         context! { login_csrf => state.auth.login_csrf(&nonce), username_value => username, error => error },

@@ -51,6 +51,25 @@ pub enum StoreError {
     Unexpected(#[from] anyhow::Error),
 }
 
+/// Runs one store call under the store deadline, records its latency and failure in the
+/// metrics, and maps its error: the choke point every SQL backend goes through.
+pub(crate) async fn with_deadline<T, E>(
+    store: &'static str,
+    timeout: Duration,
+    fut: impl Future<Output = Result<T, E>>,
+    map_err: impl FnOnce(E) -> StoreError,
+) -> Result<T, StoreError> {
+    let started = std::time::Instant::now();
+    let result = match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r.map_err(map_err),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "{store} did not answer in time"
+        ))),
+    };
+    crate::observability::store_call(store, started, &result);
+    result
+}
+
 /// Users (SQLite or PostgreSQL).
 #[async_trait]
 pub trait UserStore: Send + Sync + 'static {

@@ -42,22 +42,7 @@ impl PgUserStore {
         &self,
         fut: impl Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T, StoreError> {
-        let started = std::time::Instant::now();
-        let result = tokio::time::timeout(self.timeout, fut).await;
-        crate::observability::store_call(
-            "postgres",
-            started,
-            &result
-                .as_ref()
-                .map_err(|_| ())
-                .and_then(|r| r.as_ref().map_err(|_| ())),
-        );
-        match result {
-            Ok(r) => r.map_err(map_err),
-            Err(_) => Err(StoreError::Unavailable(
-                "PostgreSQL did not answer in time".into(),
-            )),
-        }
+        super::with_deadline("postgres", self.timeout, fut, map_err).await
     }
 }
 
