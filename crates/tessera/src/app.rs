@@ -284,38 +284,33 @@ impl Application {
         } = self;
         let background = spawn_background(Arc::clone(&state.auth));
         let flag = Arc::clone(&state.shutting_down);
-        let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
         let on_stop = async move {
             stop.await;
             flag.store(true, Ordering::SeqCst);
             tracing::info!("shutting down: draining in-flight requests");
-            let _ = stopped_tx.send(true);
         };
         let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
-        let mut stopped = stopped_rx;
-        let deadline = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-            tokio::time::sleep(shutdown_grace).await;
+        let handle = axum_server::Handle::new();
+        let drain = {
+            let handle = handle.clone();
+            async move {
+                on_stop.await;
+                // Stop accepting at once; give in-flight requests up to the grace period.
+                handle.graceful_shutdown(Some(shutdown_grace));
+            }
         };
+        tokio::spawn(drain);
+        let listener = listener.into_std()?;
         match tls {
             None => {
-                let server = axum::serve(listener, app).with_graceful_shutdown(on_stop);
-                tokio::select! {
-                    r = server => r.context("server error")?,
-                    () = deadline => tracing::warn!("shutdown grace elapsed; closing remaining connections"),
-                }
+                let mut server = axum_server::from_tcp(listener)?.handle(handle);
+                harden(server.http_builder());
+                server.serve(app).await.context("server error")?;
             }
             Some(config) => {
-                let handle = axum_server::Handle::new();
-                let server = axum_server::from_tcp_rustls(listener.into_std()?, config)?
-                    .handle(handle.clone())
-                    .serve(app);
-                let drain = async move {
-                    on_stop.await;
-                    handle.graceful_shutdown(Some(shutdown_grace));
-                };
-                tokio::spawn(drain);
-                server.await.context("server error")?;
+                let mut server = axum_server::from_tcp_rustls(listener, config)?.handle(handle);
+                harden(server.http_builder());
+                server.serve(app).await.context("server error")?;
             }
         }
         for task in background {
@@ -324,6 +319,26 @@ impl Application {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Longest a client may take to send its request headers (slow-loris defence).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head; larger heads get 431.
+pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Connection-level limits on every listener, TLS or not.
+fn harden(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .max_headers(100);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(256);
 }
 
 fn spawn_background(auth: Arc<Auth>) -> Vec<tokio::task::JoinHandle<()>> {
