@@ -261,6 +261,9 @@ pub struct Auth {
     policy: Policy,
 }
 
+/// How long lockouts are remembered for growing the next one, and the longest lockout.
+const LOCKOUT_MEMORY: Duration = Duration::from_secs(24 * 3600);
+
 /// How long `/profile` answers may be served from the cache.
 pub const PROFILE_CACHE_TTL: Duration = Duration::from_secs(300);
 
@@ -456,6 +459,7 @@ impl Auth {
             }
         };
         self.limits.clear(&keys.pair).await?;
+        self.limits.clear(&keys.strikes).await?;
         metrics::counter!("tessera_logins_total", "outcome" => "success").increment(1);
         Ok(user)
     }
@@ -464,6 +468,7 @@ impl Auth {
         let now = self.now();
         let p = &self.policy;
         let checks = [
+            (&keys.lock, 1),
             (&keys.pair, p.login_max_failures),
             (&keys.user_total, p.login_max_failures.saturating_mul(10)),
             (&keys.ip, p.login_ip_max_failures),
@@ -481,12 +486,27 @@ impl Auth {
         Ok(())
     }
 
+    /// Counts a failed password check. Reaching the (username, IP) limit locks that pair out
+    /// for the failure window, and each further lockout within a day doubles the lock (capped
+    /// at a day): a guesser's rate falls off geometrically while the user can still sign in
+    /// from elsewhere.
     async fn record_failure(&self, keys: &ThrottleKeys) -> Result<(), AuthError> {
         let now = self.now();
         let p = &self.policy;
-        self.limits
+        let failures = self
+            .limits
             .hit(&keys.pair, p.login_failure_window, now)
             .await?;
+        if failures >= p.login_max_failures {
+            let strikes = self.limits.hit(&keys.strikes, LOCKOUT_MEMORY, now).await?;
+            let factor = 1u32 << strikes.saturating_sub(1).min(16);
+            let lock = p
+                .login_failure_window
+                .saturating_mul(factor)
+                .min(LOCKOUT_MEMORY);
+            self.limits.hit(&keys.lock, lock, now).await?;
+            self.limits.clear(&keys.pair).await?;
+        }
         self.limits
             .hit(&keys.user_total, p.login_failure_window, now)
             .await?;
@@ -1001,6 +1021,10 @@ fn parse_roles(raw: &[String]) -> Result<Roles, InvalidRole> {
 struct ThrottleKeys {
     user: String,
     pair: String,
+    /// Set when `pair` reached its limit: the pair is locked out until it closes.
+    lock: String,
+    /// Lockouts of this pair in the last day, to make the next one longer.
+    strikes: String,
     user_total: String,
     ip: String,
 }
@@ -1013,6 +1037,8 @@ impl ThrottleKeys {
         let ip = ip.map(|ip| ip.to_string()).unwrap_or_default();
         Self {
             pair: format!("login:pair:{user}|{ip}"),
+            lock: format!("login:lock:{user}|{ip}"),
+            strikes: format!("login:strikes:{user}|{ip}"),
             user_total: format!("login:user:{user}"),
             ip: if ip.is_empty() {
                 String::new()

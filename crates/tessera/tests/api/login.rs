@@ -225,3 +225,43 @@ async fn a_username_gets_429_everywhere_after_ten_times_the_pair_limit() {
         "the username-wide cap applies"
     );
 }
+
+#[tokio::test]
+async fn each_new_lockout_of_the_same_pair_lasts_twice_as_long() {
+    let app = spawn_app_with(&[
+        ("TESSERA_LOGIN_MAX_FAILURES", "2"),
+        ("TESSERA_LOGIN_FAILURE_WINDOW", "10m"),
+    ])
+    .await;
+    let retry_after = |res: &reqwest::Response| -> u64 {
+        res.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let mut waits = Vec::new();
+    for _ in 0..3 {
+        for _ in 0..2 {
+            assert_eq!(
+                app.login_raw("admin", "wrong password").await.status(),
+                StatusCode::UNAUTHORIZED
+            );
+        }
+        let res = app.login_raw("admin", ADMIN_PASSWORD).await;
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        let wait = retry_after(&res);
+        waits.push(wait);
+        app.advance(std::time::Duration::from_secs(wait));
+    }
+    assert_eq!(waits, [600, 1200, 2400], "growing lockouts");
+    // The lock has passed: the right password works and forgives the past.
+    app.login("admin", ADMIN_PASSWORD).await;
+    for _ in 0..2 {
+        app.login_raw("admin", "wrong password").await;
+    }
+    assert_eq!(
+        retry_after(&app.login_raw("admin", ADMIN_PASSWORD).await),
+        600
+    );
+}
