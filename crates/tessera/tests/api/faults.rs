@@ -103,23 +103,10 @@ async fn redis_killed_under_load_gives_503_then_heals_without_a_restart() {
         "a logout that did not happen is not reported"
     );
     assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        app.get_status("/readyz").await,
         StatusCode::SERVICE_UNAVAILABLE
     );
-    assert_eq!(
-        app.client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(app.get_status("/healthz").await, StatusCode::OK);
 
     // The same port, the saved data: Redis is back.
     let back = RedisProcess::start_on(port, redis.data_dir());
@@ -138,15 +125,7 @@ async fn redis_killed_under_load_gives_503_then_heals_without_a_restart() {
         slowest < Duration::from_millis(300 + 700),
         "slowest answer {slowest:?}"
     );
-    assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(app.get_status("/readyz").await, StatusCode::OK);
     println!("healed in {healed:?}; statuses {seen:?}; slowest {slowest:?}");
     drop(back);
 }

@@ -167,6 +167,16 @@ impl TestApp {
             .expect("user created");
     }
 
+    /// The status of an anonymous `GET path`.
+    pub async fn get_status(&self, path: &str) -> StatusCode {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+            .status()
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
         self.client
             .post(self.url(path))

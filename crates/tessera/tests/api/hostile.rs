@@ -215,24 +215,8 @@ async fn verify_without_or_with_a_malformed_credential_is_401_never_a_redirect()
 #[tokio::test]
 async fn health_and_readiness_answer() {
     let app = spawn_app().await;
-    assert_eq!(
-        app.client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(app.get_status("/healthz").await, StatusCode::OK);
+    assert_eq!(app.get_status("/readyz").await, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -433,15 +417,7 @@ async fn an_oversized_request_head_gets_431() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-    assert_eq!(
-        app.client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(app.get_status("/healthz").await, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -462,13 +438,5 @@ async fn a_slow_client_is_disconnected_after_the_header_timeout() {
         "closed too early: {waited:?}"
     );
     // The server keeps serving everyone else.
-    assert_eq!(
-        app.client
-            .get(app.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
+    assert_eq!(app.get_status("/healthz").await, StatusCode::OK);
 }
