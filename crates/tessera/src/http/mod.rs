@@ -139,3 +139,37 @@ fn panic_response(err: Box<dyn Any + Send + 'static>) -> Response {
     tracing::error!(panic = %what, "handler panicked");
     ApiError::internal().into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_handler_becomes_an_opaque_500_json() {
+        async fn boom() -> &'static str {
+            panic!("secret detail from a bug")
+        }
+        let app = Router::new()
+            .route("/boom", get(boom))
+            .layer(CatchPanicLayer::custom(panic_response));
+        let res = app
+            .oneshot(
+                Request::get("/boom")
+                    .body(Body::empty())
+                    .unwrap_or_default(),
+            )
+            .await;
+        let res = res.unwrap_or_else(|e| match e {});
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(res.into_body(), 1024)
+            .await
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("\"error\":\"internal_error\""), "{text}");
+        assert!(!text.contains("secret detail"), "{text}");
+    }
+}
