@@ -23,6 +23,10 @@ need chromium chromium          # the browser tests drive Debian's Chromium
 need nginx nginx-light          # forward-auth through a real nginx (auth_request)
 need node nodejs
 need npm npm
+need python3 python3
+need curl curl
+need openssl openssl
+if ! python3 -m venv --help >/dev/null 2>&1; then need no-such-command-venv python3-venv; fi
 echo "== npm ci (playwright-core for the browser tests; it never downloads a browser)"
 (cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --loglevel=error)
 
