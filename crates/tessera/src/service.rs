@@ -661,10 +661,7 @@ impl Auth {
             .get(user, sid, now)
             .await?
             .ok_or(AuthError::InvalidToken)?;
-        if session.needs_touch(now, self.policy.idle_timeout) {
-            let idle = session.slid_idle_expiry(now, self.policy.idle_timeout);
-            self.sessions.touch(user, sid, now, idle).await?;
-        }
+        self.record_use(&session, now).await?;
         Ok(Principal::from_session(&session, false))
     }
 
@@ -681,11 +678,20 @@ impl Auth {
         if !cookie.matches(session.cookie_hash.as_ref()) {
             return Err(AuthError::InvalidToken);
         }
+        self.record_use(&session, now).await?;
+        Ok(Principal::from_session(&session, true))
+    }
+
+    /// Slides a session's idle expiry after a use, writing at most once per touch interval: the
+    /// one place both credentials (bearer token, cookie) record activity.
+    async fn record_use(&self, session: &Session, now: Timestamp) -> Result<(), AuthError> {
         if session.needs_touch(now, self.policy.idle_timeout) {
             let idle = session.slid_idle_expiry(now, self.policy.idle_timeout);
-            self.sessions.touch(user, sid, now, idle).await?;
+            self.sessions
+                .touch(session.user_id, session.id, now, idle)
+                .await?;
         }
-        Ok(Principal::from_session(&session, true))
+        Ok(())
     }
 
     /// The CSRF token of a session (printed in its pages).

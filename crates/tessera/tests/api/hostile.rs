@@ -180,8 +180,8 @@ async fn unknown_routes_and_methods_get_json_errors() {
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert_eq!(error_code(res).await, "not_found");
     let res = app.client.get(app.url("/login")).send().await.unwrap();
-    // GET /login is the HTML page (browser issue); until then the route takes POST only.
-    assert!(res.status() == StatusCode::METHOD_NOT_ALLOWED || res.status() == StatusCode::OK);
+    // GET /login is the HTML page.
+    assert_eq!(res.status(), StatusCode::OK);
     let res = app.client.put(app.url("/verify")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
     assert_eq!(error_code(res).await, "method_not_allowed");
