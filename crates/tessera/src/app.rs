@@ -90,7 +90,7 @@ pub async fn open_stores(settings: &Settings) -> anyhow::Result<Stores> {
         let topology = Topology::parse(url).map_err(|e| anyhow::anyhow!("redis_url: {e}"))?;
         let redis = RedisStore::connect(&topology, &settings.redis_key_prefix, timeout)
             .await
-            .with_context(|| format!("cannot reach Redis at redis_url ({})", redact(url)))?;
+            .with_context(|| format!("redis_url ({})", redact(url)))?;
         match redis.maxmemory_policy().await.as_deref() {
             Some("noeviction") | None => {}
             Some(policy) => tracing::warn!(
@@ -357,10 +357,14 @@ fn spawn_background(auth: Arc<Auth>) -> Vec<tokio::task::JoinHandle<()>> {
         })
     };
     let keys = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(KEY_RELOAD_EVERY);
-        tick.tick().await;
         loop {
-            tick.tick().await;
+            // Until the ring is loaded (a store down at start-up), look every second.
+            let pause = if auth.keys_loaded() {
+                KEY_RELOAD_EVERY
+            } else {
+                Duration::from_secs(1)
+            };
+            tokio::time::sleep(pause).await;
             if let Err(e) = auth.reload_keys().await {
                 tracing::warn!(error = %e, "key ring reload failed");
             }

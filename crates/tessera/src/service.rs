@@ -245,7 +245,9 @@ pub struct Auth {
     sessions: Arc<dyn SessionStore>,
     limits: Arc<dyn LimitStore>,
     key_store: Arc<dyn KeyStore>,
-    keys: RwLock<Arc<Keys>>,
+    /// `None` until the key ring could be read: a store that is down at start-up leaves the
+    /// service up but not ready, and every use of the keys answers 503 until it is loaded.
+    keys: RwLock<Option<Arc<Keys>>>,
     /// When an unknown `kid` last made us re-read the key ring (Unix ms); bounds that to once a
     /// second so random `kid`s cannot hammer the store.
     last_kid_reload: std::sync::atomic::AtomicI64,
@@ -268,7 +270,8 @@ const LOCKOUT_MEMORY: Duration = Duration::from_secs(24 * 3600);
 pub const PROFILE_CACHE_TTL: Duration = Duration::from_secs(300);
 
 impl Auth {
-    /// Assembles the service, creating or loading the key ring.
+    /// Assembles the service, creating or loading the key ring. A key store that does not
+    /// answer is not an error: the ring is loaded later (see [`Auth::reload_keys`]).
     pub async fn new(
         stores: Stores,
         hasher: PasswordHasher,
@@ -282,28 +285,12 @@ impl Auth {
             keys: key_store,
             profiles,
         } = stores;
-        let now = clock.now();
-        let fresh = KeyRing::generate(policy.signing_alg, now)?;
-        let mut ring = key_store.init(&fresh).await?;
-        let active_alg = ring
-            .keys
-            .iter()
-            .rev()
-            .find(|k| k.retired_at.is_none())
-            .map(|k| k.alg);
-        if active_alg != Some(policy.signing_alg) {
-            // The configured algorithm changed: switch, keeping old keys for their tokens.
-            ring.rotate(policy.signing_alg, now, policy.key_retention())?;
-            key_store.save(&ring).await?;
-            tracing::info!(alg = %policy.signing_alg, "signing algorithm changed; new key created");
-        }
-        let keys = Keys::from_ring(&ring, &policy.tokens, now, policy.key_retention())?;
-        Ok(Self {
+        let auth = Self {
             users,
             sessions,
             limits,
             key_store,
-            keys: RwLock::new(Arc::new(keys)),
+            keys: RwLock::new(None),
             last_kid_reload: std::sync::atomic::AtomicI64::new(0),
             profiles,
             verified: moka::future::Cache::builder()
@@ -313,7 +300,15 @@ impl Auth {
             hasher,
             clock,
             policy,
-        })
+        };
+        match auth.reload_keys().await {
+            Ok(()) => {}
+            Err(AuthError::Unavailable) => {
+                tracing::error!("the key ring cannot be read yet; not ready until it can");
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot load the key ring")),
+        }
+        Ok(auth)
     }
 
     /// The policy in force.
@@ -321,42 +316,62 @@ impl Auth {
         &self.policy
     }
 
-    /// The current verification keys.
-    pub fn keys(&self) -> Arc<Keys> {
-        Arc::clone(
-            &self
-                .keys
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        )
+    /// The current keys, or 503 while the key ring could not be read yet.
+    pub fn keys(&self) -> Result<Arc<Keys>, AuthError> {
+        self.keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or(AuthError::Unavailable)
+    }
+
+    /// Whether the key ring has been loaded.
+    pub fn keys_loaded(&self) -> bool {
+        self.keys().is_ok()
     }
 
     /// Re-reads the key ring (a rotation by the CLI or another instance) and drops retired keys
-    /// whose tokens have all expired.
+    /// whose tokens have all expired. The first load also creates the ring if there is none and
+    /// switches to a newly configured signing algorithm.
     pub async fn reload_keys(&self) -> Result<(), AuthError> {
-        let ring = match self.key_store.load().await? {
+        let first = !self.keys_loaded();
+        let now = self.now();
+        let mut ring = match self.key_store.load().await? {
             Some(ring) => ring,
             None => {
-                // The store lost the ring (a Redis that came back empty): make a new one, agreed
-                // on by every instance through the store. Every old token is invalid anyway,
-                // since its session is gone too.
-                tracing::warn!("the key ring is missing from the store; creating a new one");
-                let fresh = KeyRing::generate(self.policy.signing_alg, self.now())
+                // No ring yet, or the store lost it (a Redis that came back empty): make one,
+                // agreed on by every instance through the store. Every old token is invalid
+                // anyway, since its session is gone too.
+                if !first {
+                    tracing::warn!("the key ring is missing from the store; creating a new one");
+                }
+                let fresh = KeyRing::generate(self.policy.signing_alg, now)
                     .map_err(|e| AuthError::Unexpected(e.into()))?;
                 self.key_store.init(&fresh).await?
             }
         };
-        let keys = Keys::from_ring(
-            &ring,
-            &self.policy.tokens,
-            self.now(),
-            self.policy.key_retention(),
-        )
-        .map_err(|e| AuthError::Unexpected(e.into()))?;
+        let active_alg = ring
+            .keys
+            .iter()
+            .rev()
+            .find(|k| k.retired_at.is_none())
+            .map(|k| k.alg);
+        if first && active_alg != Some(self.policy.signing_alg) {
+            // The configured algorithm changed: switch, keeping old keys for their tokens.
+            ring.rotate(self.policy.signing_alg, now, self.policy.key_retention())
+                .map_err(|e| AuthError::Unexpected(e.into()))?;
+            self.key_store.save(&ring).await?;
+            tracing::info!(alg = %self.policy.signing_alg, "signing algorithm changed; new key created");
+        }
+        let keys = Keys::from_ring(&ring, &self.policy.tokens, now, self.policy.key_retention())
+            .map_err(|e| AuthError::Unexpected(e.into()))?;
         *self
             .keys
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(keys));
+        if first {
+            tracing::info!("key ring loaded");
+        }
         Ok(())
     }
 
@@ -375,8 +390,9 @@ impl Auth {
         .map_err(|e| AuthError::Unexpected(e.into()))?;
         self.key_store.save(&ring).await?;
         self.reload_keys().await?;
-        tracing::info!(target: "audit", event = "key_rotation", kid = %self.keys().active_kid());
-        Ok(self.keys().active_kid().to_owned())
+        let kid = self.keys()?.active_kid().to_owned();
+        tracing::info!(target: "audit", event = "key_rotation", kid = %kid);
+        Ok(kid)
     }
 
     /// The key ring as stored (for `keys list`).
@@ -579,7 +595,7 @@ impl Auth {
     }
 
     fn issue(&self, session: &Session, refresh: &RefreshToken) -> Result<Issued, AuthError> {
-        let keys = self.keys();
+        let keys = self.keys()?;
         let now = self.now();
         let ttl = self.policy.tokens.ttl;
         let claims = Claims {
@@ -610,7 +626,7 @@ impl Auth {
 
     /// Redeems a refresh token: rotation, the grace window and reuse detection (API.md §3).
     pub async fn refresh(&self, presented: &str) -> Result<Issued, AuthError> {
-        let keys = self.keys();
+        let keys = self.keys()?;
         let token = RefreshToken::decode(presented, keys.mac_key())
             .ok_or(AuthError::InvalidGrant("the refresh token is invalid"))?;
         let successor = token.successor(keys.mac_key());
@@ -695,23 +711,36 @@ impl Auth {
     }
 
     /// The CSRF token of a session (printed in its pages).
-    pub fn csrf_token(&self, session: SessionId) -> String {
-        cookie::session_csrf(self.keys().mac_key(), session)
+    pub fn csrf_token(&self, session: SessionId) -> Result<String, AuthError> {
+        Ok(cookie::session_csrf(self.keys()?.mac_key(), session))
     }
 
     /// Checks a session's CSRF token.
-    pub fn check_csrf(&self, session: SessionId, token: &str) -> bool {
-        cookie::check_session_csrf(self.keys().mac_key(), session, token)
+    pub fn check_csrf(&self, session: SessionId, token: &str) -> Result<bool, AuthError> {
+        Ok(cookie::check_session_csrf(
+            self.keys()?.mac_key(),
+            session,
+            token,
+        ))
     }
 
     /// The login form's CSRF token for the browser holding `nonce`.
-    pub fn login_csrf(&self, nonce: &str) -> String {
-        cookie::login_csrf(self.keys().mac_key(), nonce, self.now())
+    pub fn login_csrf(&self, nonce: &str) -> Result<String, AuthError> {
+        Ok(cookie::login_csrf(
+            self.keys()?.mac_key(),
+            nonce,
+            self.now(),
+        ))
     }
 
     /// Checks a login form's CSRF token.
-    pub fn check_login_csrf(&self, nonce: &str, token: &str) -> LoginCsrf {
-        cookie::check_login_csrf(self.keys().mac_key(), nonce, token, self.now())
+    pub fn check_login_csrf(&self, nonce: &str, token: &str) -> Result<LoginCsrf, AuthError> {
+        Ok(cookie::check_login_csrf(
+            self.keys()?.mac_key(),
+            nonce,
+            token,
+            self.now(),
+        ))
     }
 
     /// The claims of a valid access token, from the verified-token cache when possible.
@@ -729,11 +758,15 @@ impl Auth {
                 Err(AuthError::InvalidToken)
             };
         }
-        let mut verified = self.keys().verify(token, now, leeway);
-        if verified == Err(TokenError::UnknownKey) && self.may_reload_for_unknown_kid(now) {
+        if !self.keys_loaded() && self.may_reload_keys(now) {
+            // The store was down at start-up: try again, at most once a second.
+            self.reload_keys().await?;
+        }
+        let mut verified = self.keys()?.verify(token, now, leeway);
+        if verified == Err(TokenError::UnknownKey) && self.may_reload_keys(now) {
             // Another instance may have rotated a moment ago: look once before refusing.
             self.reload_keys().await?;
-            verified = self.keys().verify(token, now, leeway);
+            verified = self.keys()?.verify(token, now, leeway);
         }
         let claims = Arc::new(verified.map_err(|e| {
             tracing::debug!(reason = %e, "access token refused");
@@ -743,7 +776,7 @@ impl Auth {
         Ok(claims)
     }
 
-    fn may_reload_for_unknown_kid(&self, now: Timestamp) -> bool {
+    fn may_reload_keys(&self, now: Timestamp) -> bool {
         use std::sync::atomic::Ordering;
         let last = self.last_kid_reload.load(Ordering::Relaxed);
         now.as_millis() - last >= 1000
@@ -800,6 +833,9 @@ impl Auth {
 
     /// Whether every store answers.
     pub async fn ready(&self) -> bool {
+        if !self.keys_loaded() && self.reload_keys().await.is_err() {
+            return false;
+        }
         self.users.ping().await.is_ok() && self.sessions.ping().await.is_ok()
     }
 

@@ -603,14 +603,16 @@ pub async fn admin_delete(
 
 /// `GET /.well-known/jwks.json`.
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "keys",
-    responses((status = 200, description = "Public signing keys (JWK Set; EdDSA keys are OKP/Ed25519)", body = Object)))]
-pub async fn jwks(State(state): State<AppState>) -> Response {
-    let mut res = axum::Json(state.auth.keys().jwks().clone()).into_response();
+    responses(
+        (status = 200, description = "Public signing keys (JWK Set; EdDSA keys are OKP/Ed25519)", body = Object),
+        (status = 503, description = "The key ring could not be read yet (store unreachable since start-up)", body = ErrorResponse)))]
+pub async fn jwks(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let mut res = axum::Json(state.auth.keys()?.jwks().clone()).into_response();
     res.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=60"),
     );
-    res
+    Ok(res)
 }
 
 /// `GET /healthz`: the process runs.

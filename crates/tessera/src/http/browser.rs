@@ -218,9 +218,10 @@ pub async fn csrf_guard(State(state): State<AppState>, req: Request, next: Next)
         }
         None => (req, None),
     };
-    match token {
-        Some(t) if state.auth.check_csrf(session.session_id, &t) => next.run(req).await,
-        Some(_) => csrf_refused(
+    match token.map(|t| state.auth.check_csrf(session.session_id, &t)) {
+        Some(Ok(true)) => next.run(req).await,
+        Some(Err(e)) => ApiError::from(e).into_response(),
+        Some(Ok(false)) => csrf_refused(
             is_form,
             "The security token of this request is not valid for your session.",
         ),

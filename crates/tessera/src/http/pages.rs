@@ -132,10 +132,13 @@ fn login_page_response(
     fresh_nonce: bool,
 ) -> Response {
     let (nonce, set) = login_nonce_for(state, headers, fresh_nonce);
+    let Ok(login_csrf) = state.auth.login_csrf(&nonce) else {
+        return unavailable_page(state);
+    };
     let mut res = state.templates.render(
         "login.html",
         context! {
-            login_csrf => state.auth.login_csrf(&nonce),
+            login_csrf => login_csrf,
             error => view.error,
             notice => view.notice,
             username_value => view.username,
@@ -249,15 +252,16 @@ pub async fn login_form(
     };
     let nonce = cookie(&headers, state.http.cookies.login_csrf).unwrap_or("");
     match state.auth.check_login_csrf(nonce, &form.csrf_token) {
-        LoginCsrf::Valid => {}
-        LoginCsrf::Expired => {
+        Err(_) => return unavailable_page(&state),
+        Ok(LoginCsrf::Valid) => {}
+        Ok(LoginCsrf::Expired) => {
             return refuse(
                 StatusCode::FORBIDDEN,
                 "The sign-in form expired. Please sign in again.".into(),
                 true,
             );
         }
-        LoginCsrf::Invalid => {
+        Ok(LoginCsrf::Invalid) => {
             return refuse(
                 StatusCode::FORBIDDEN,
                 "The sign-in form could not be verified (cookies must be enabled). Please try again.".into(),
@@ -368,13 +372,16 @@ pub async fn dashboard(
         _ => None,
     };
     let roles: Vec<String> = who.roles.iter().map(|r| r.as_str().to_owned()).collect();
+    let Ok(csrf_token) = state.auth.csrf_token(who.session_id) else {
+        return unavailable_page(&state);
+    };
     state.templates.render(
         "dashboard.html",
         context! {
             username => who.username.as_str(),
             roles => roles,
             sessions => rows,
-            csrf_token => state.auth.csrf_token(who.session_id),
+            csrf_token => csrf_token,
             notice => notice,
         },
     )
@@ -443,11 +450,14 @@ pub async fn password_page(State(state): State<AppState>, headers: HeaderMap) ->
 }
 
 fn render_password(state: &AppState, who: &Principal, error: Option<String>) -> Response {
+    let Ok(csrf_token) = state.auth.csrf_token(who.session_id) else {
+        return unavailable_page(state);
+    };
     state.templates.render(
         "password.html",
         context! {
             username => who.username.as_str(),
-            csrf_token => state.auth.csrf_token(who.session_id),
+            csrf_token => csrf_token,
             error => error,
         },
     )
@@ -527,9 +537,12 @@ fn render_register(
     fresh: bool,
 ) -> Response {
     let (nonce, set) = login_nonce_for(state, headers, fresh);
+    let Ok(login_csrf) = state.auth.login_csrf(&nonce) else {
+        return unavailable_page(state);
+    };
     let mut res = state.templates.render(
         "register.html",
-        context! { login_csrf => state.auth.login_csrf(&nonce), username_value => username, error => error },
+        context! { login_csrf => login_csrf, username_value => username, error => error },
     );
     if let Some(c) = set {
         res.headers_mut().append(header::SET_COOKIE, c);
@@ -581,7 +594,11 @@ pub async fn register_form(
         ""
     };
     let nonce = cookie(&headers, state.http.cookies.login_csrf).unwrap_or("");
-    if state.auth.check_login_csrf(nonce, &form.csrf_token) != LoginCsrf::Valid {
+    let checked = state.auth.check_login_csrf(nonce, &form.csrf_token);
+    if checked.is_err() {
+        return unavailable_page(&state);
+    }
+    if checked.ok() != Some(LoginCsrf::Valid) {
         let error = Some("The form expired or could not be verified. Please try again.".into());
         return with_status(
             StatusCode::FORBIDDEN,

@@ -23,7 +23,6 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
-use tokio::sync::RwLock;
 
 use super::{
     CachedProfile, KeyStore, LimitStore, ProfileCache, RefreshPresentation, Rotation, SessionStore,
@@ -156,15 +155,28 @@ impl ConnectionLike for Conn {
     }
 }
 
-struct SentinelState {
-    client: redis::sentinel::SentinelClient,
+/// How to (re)open a connection for the configured topology.
+enum Connector {
+    Standalone(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+    /// The sentinel client is stateful (it remembers which sentinel answered), hence the lock.
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
 }
 
 /// The Redis store. Cheap to clone.
+///
+/// The connection is opened lazily: a Redis that is down when tessera starts (or that a
+/// Sentinel failover replaced) leaves the store without a connection, every call fails fast
+/// with [`StoreError::Unavailable`], and the next call after Redis is reachable connects. So
+/// tessera starts "up and not ready" and becomes ready by itself, without a restart.
 #[derive(Clone)]
 pub struct RedisStore {
-    conn: Arc<RwLock<Conn>>,
-    sentinel: Option<Arc<tokio::sync::Mutex<SentinelState>>>,
+    /// The connection and its generation (bumped on every reconnect).
+    conn: Arc<std::sync::RwLock<Option<(u64, Conn)>>>,
+    connector: Arc<Connector>,
+    /// Held by the one caller that is connecting; the others fail fast instead of queueing
+    /// connection attempts against a Redis that is down.
+    connecting: Arc<tokio::sync::Mutex<()>>,
     prefix: Arc<str>,
     timeout: Duration,
     scripts: Arc<Scripts>,
@@ -192,25 +204,22 @@ fn unavailable(e: RedisError) -> StoreError {
 }
 
 impl RedisStore {
-    /// Connects to the deployment `topology` names.
+    /// Prepares the store for the deployment `topology` names and tries to connect once.
+    /// Only a malformed configuration is an error; an unreachable Redis is logged and retried
+    /// on use (see [`RedisStore`]).
     pub async fn connect(
         topology: &Topology,
         prefix: &str,
         timeout: Duration,
     ) -> anyhow::Result<Self> {
-        let (conn, sentinel) = match topology {
-            Topology::Standalone(url) => {
-                let client = redis::Client::open(url.as_str())?;
-                let m = ConnectionManager::new_with_config(client, manager_config(timeout)).await?;
-                (Conn::Single(m), None)
-            }
-            Topology::Cluster(nodes) => {
-                let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+        let connector = match topology {
+            Topology::Standalone(url) => Connector::Standalone(redis::Client::open(url.as_str())?),
+            Topology::Cluster(nodes) => Connector::Cluster(
+                redis::cluster::ClusterClientBuilder::new(nodes.clone())
                     .connection_timeout(timeout.max(Duration::from_millis(250)))
                     .response_timeout(timeout.max(Duration::from_millis(250)))
-                    .build()?;
-                (Conn::Cluster(client.get_async_connection().await?), None)
-            }
+                    .build()?,
+            ),
             Topology::Sentinel {
                 sentinels,
                 master,
@@ -223,24 +232,20 @@ impl RedisStore {
                 }
                 let info = redis::sentinel::SentinelNodeConnectionInfo::default()
                     .set_redis_connection_info(node);
-                let mut client = redis::sentinel::SentinelClient::build(
-                    sentinels.clone(),
-                    master.clone(),
-                    Some(info),
-                    redis::sentinel::SentinelServerType::Master,
-                )?;
-                let master_client = client.async_get_client().await?;
-                let m = ConnectionManager::new_with_config(master_client, manager_config(timeout))
-                    .await?;
-                (
-                    Conn::Single(m),
-                    Some(Arc::new(tokio::sync::Mutex::new(SentinelState { client }))),
-                )
+                Connector::Sentinel(tokio::sync::Mutex::new(
+                    redis::sentinel::SentinelClient::build(
+                        sentinels.clone(),
+                        master.clone(),
+                        Some(info),
+                        redis::sentinel::SentinelServerType::Master,
+                    )?,
+                ))
             }
         };
-        Ok(Self {
-            conn: Arc::new(RwLock::new(conn)),
-            sentinel,
+        let store = Self {
+            conn: Arc::new(std::sync::RwLock::new(None)),
+            connector: Arc::new(connector),
+            connecting: Arc::new(tokio::sync::Mutex::new(())),
             prefix: prefix.into(),
             timeout,
             scripts: Arc::new(Scripts {
@@ -252,79 +257,125 @@ impl RedisStore {
                 set_roles: Script::new(SET_ROLES),
                 limit_hit: Script::new(LIMIT_HIT),
             }),
-        })
+        };
+        if let Err(e) = store.reconnect(None).await {
+            tracing::error!(
+                error = %e,
+                "Redis is unreachable; tessera is up but not ready and keeps trying"
+            );
+        }
+        Ok(store)
     }
 
     /// The eviction policy, for the start-up warning: anything but `noeviction` may drop auth
     /// keys under memory pressure (every key of ours has a TTL, so `volatile-*` can too).
     pub async fn maxmemory_policy(&self) -> Option<String> {
-        let mut c = self.conn.read().await.clone();
-        let v: Vec<String> = redis::cmd("CONFIG")
-            .arg("GET")
-            .arg("maxmemory-policy")
-            .query_async(&mut c)
+        let v: Vec<String> = self
+            .run(|mut c| async move {
+                redis::cmd("CONFIG")
+                    .arg("GET")
+                    .arg("maxmemory-policy")
+                    .query_async(&mut c)
+                    .await
+            })
             .await
             .ok()?;
         v.get(1).cloned()
     }
 
-    /// Runs `f` on a connection under the store deadline; after a failure behind Sentinel, asks
-    /// the sentinels for the current master so a failover is followed without a restart.
+    fn current(&self) -> Option<(u64, Conn)> {
+        self.conn
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Opens a new connection, unless another caller is already at it (then fails fast), or
+    /// the connection of generation `broken` was replaced meanwhile (then there is nothing to
+    /// do).
+    async fn reconnect(&self, broken: Option<u64>) -> Result<(), StoreError> {
+        let Ok(_guard) = self.connecting.try_lock() else {
+            return Err(StoreError::Unavailable("redis: reconnecting".into()));
+        };
+        let current = self.current().map(|(generation, _)| generation);
+        if current.is_some() && current != broken {
+            return Ok(());
+        }
+        let fresh = match &*self.connector {
+            Connector::Standalone(client) => {
+                ConnectionManager::new_with_config(client.clone(), manager_config(self.timeout))
+                    .await
+                    .map(Conn::Single)
+            }
+            Connector::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+            Connector::Sentinel(client) => {
+                let master = client.lock().await.async_get_client().await;
+                match master {
+                    Ok(m) => ConnectionManager::new_with_config(m, manager_config(self.timeout))
+                        .await
+                        .map(Conn::Single),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+        .map_err(unavailable)?;
+        *self
+            .conn
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some((current.map_or(0, |g| g + 1), fresh));
+        tracing::info!("connected to redis");
+        Ok(())
+    }
+
+    /// Runs `f` on a connection under the store deadline (connecting first if need be). After
+    /// a failure behind Sentinel it asks the sentinels for the current master, so a failover
+    /// is followed without a restart; standalone and cluster connections heal by themselves.
     async fn run<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let conn = self.conn.read().await.clone();
         let started = std::time::Instant::now();
-        let result = tokio::time::timeout(self.timeout, f(conn)).await;
-        crate::observability::store_call(
-            "redis",
-            started,
-            &result
-                .as_ref()
-                .map_err(|_| ())
-                .and_then(|r| r.as_ref().map_err(|_| ())),
-        );
-        match result {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                if self.sentinel.is_some() && needs_rediscovery(&e) {
-                    self.rediscover().await;
+        let result = tokio::time::timeout(self.timeout, async {
+            let (generation, conn) = match self.current() {
+                Some(c) => c,
+                None => {
+                    self.reconnect(None).await?;
+                    self.current()
+                        .ok_or_else(|| StoreError::Unavailable("redis: not connected".into()))?
                 }
-                Err(unavailable(e))
-            }
-            Err(_) => {
-                if self.sentinel.is_some() {
-                    self.rediscover().await;
+            };
+            match f(conn).await {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    if matches!(*self.connector, Connector::Sentinel(_)) && needs_rediscovery(&e) {
+                        let _ = self.reconnect(Some(generation)).await;
+                    }
+                    Err(unavailable(e))
                 }
-                Err(StoreError::Unavailable(
-                    "redis did not answer in time".into(),
-                ))
             }
-        }
-    }
-
-    async fn rediscover(&self) {
-        let Some(sentinel) = &self.sentinel else {
-            return;
-        };
-        let Ok(mut state) = sentinel.try_lock() else {
-            return;
-        }; // someone else is on it
-        let found = tokio::time::timeout(self.timeout * 4, async {
-            let client = state.client.async_get_client().await?;
-            ConnectionManager::new_with_config(client, manager_config(self.timeout)).await
         })
-        .await;
-        match found {
-            Ok(Ok(m)) => {
-                *self.conn.write().await = Conn::Single(m);
-                tracing::info!("redis master re-discovered through sentinel");
-            }
-            Ok(Err(e)) => tracing::warn!(error = %e, "sentinel master discovery failed"),
-            Err(_) => tracing::warn!("sentinel master discovery timed out"),
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Unavailable(
+                "redis did not answer in time".into(),
+            ))
+        });
+        crate::observability::store_call("redis", started, &result);
+        if result.is_err()
+            && matches!(*self.connector, Connector::Sentinel(_))
+            && started.elapsed() >= self.timeout
+        {
+            // A master that stopped answering (rather than refusing): look for its successor
+            // in the background so this request is not held past its deadline.
+            let me = self.clone();
+            let broken = self.current().map(|(generation, _)| generation);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(me.timeout * 4, me.reconnect(broken)).await;
+            });
         }
+        result
     }
 
     fn user_tag(&self, user: UserId) -> String {

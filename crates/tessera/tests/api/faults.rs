@@ -10,7 +10,48 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 
 use crate::helpers::*;
+use crate::proxy::FaultProxy;
 use crate::servers::{self, RedisProcess};
+
+/// The store timeout of these tests, and the most an answer may take beyond it.
+const STORE_TIMEOUT: &str = "300ms";
+const SLOWEST_ALLOWED: Duration = Duration::from_millis(300 + 700);
+
+/// Redis at `redis_url` (a private prefix) and a fresh PostgreSQL database.
+async fn redis_backend(redis_url: String) -> Vec<(String, String)> {
+    vec![
+        ("TESSERA_REDIS_URL".to_owned(), redis_url),
+        (
+            "TESSERA_REDIS_KEY_PREFIX".to_owned(),
+            servers::unique_prefix(),
+        ),
+        (
+            "TESSERA_DATABASE_URL".to_owned(),
+            servers::postgres().fresh_database().await,
+        ),
+    ]
+}
+
+async fn spawn_on_redis(redis_url: String) -> TestApp {
+    spawn_in(
+        Arc::new(tempfile::tempdir().unwrap()),
+        redis_backend(redis_url).await,
+        &[("TESSERA_STORE_TIMEOUT", STORE_TIMEOUT)],
+    )
+    .await
+}
+
+/// Asserts what every fault test promises of the answers seen meanwhile.
+fn assert_failed_closed(seen: &BTreeMap<u16, u32>, slowest: Duration) {
+    assert!(
+        seen.keys().all(|s| *s == 200 || *s == 503),
+        "only 200 and 503 while the store misbehaves: {seen:?}"
+    );
+    assert!(
+        slowest < SLOWEST_ALLOWED,
+        "slowest answer {slowest:?} (store timeout {STORE_TIMEOUT})"
+    );
+}
 
 /// Verifies `access` in a loop until `stop`; returns the statuses seen and the slowest answer.
 fn hammer(
@@ -51,25 +92,7 @@ async fn until_ok(app: &TestApp, access: &str, within: Duration) -> Duration {
 async fn redis_killed_under_load_gives_503_then_heals_without_a_restart() {
     let mut redis = RedisProcess::start(&[]);
     let port = redis.port;
-    let backend = vec![
-        ("TESSERA_REDIS_URL".to_owned(), redis.url()),
-        (
-            "TESSERA_REDIS_KEY_PREFIX".to_owned(),
-            servers::unique_prefix(),
-        ),
-        (
-            "TESSERA_DATABASE_URL".to_owned(),
-            servers::postgres().fresh_database().await,
-        ),
-    ];
-    let app = Arc::new(
-        spawn_in(
-            Arc::new(tempfile::tempdir().unwrap()),
-            backend,
-            &[("TESSERA_STORE_TIMEOUT", "300ms")],
-        )
-        .await,
-    );
+    let app = Arc::new(spawn_on_redis(redis.url()).await);
     let t = app.login("admin", ADMIN_PASSWORD).await;
     // Keep the data across the restart, as a production Redis with persistence would.
     let saved = std::process::Command::new("redis-cli")
@@ -113,67 +136,135 @@ async fn redis_killed_under_load_gives_503_then_heals_without_a_restart() {
     let healed = until_ok(&app, &t.access, Duration::from_secs(5)).await;
     stop.store(true, Ordering::SeqCst);
     let (seen, slowest) = load.await.unwrap();
-    assert!(
-        seen.keys().all(|s| *s == 200 || *s == 503),
-        "statuses: {seen:?}"
-    );
+    assert_failed_closed(&seen, slowest);
     assert!(
         seen.contains_key(&503) && seen.contains_key(&200),
         "{seen:?}"
-    );
-    assert!(
-        slowest < Duration::from_millis(300 + 700),
-        "slowest answer {slowest:?}"
     );
     assert_eq!(app.get_status("/readyz").await, StatusCode::OK);
     println!("healed in {healed:?}; statuses {seen:?}; slowest {slowest:?}");
     drop(back);
 }
 
-#[tokio::test]
-async fn a_paused_redis_gives_503_within_the_store_timeout() {
+/// Stalls Redis with `command` (for about 2 s) and checks that a verification meanwhile is a
+/// 503 within the store timeout, and that verification succeeds again afterwards.
+async fn stalled_redis_gives_503_in_time_then_heals(command: &[&str]) {
     let redis = RedisProcess::start(&[]);
-    let backend = vec![
-        ("TESSERA_REDIS_URL".to_owned(), redis.url()),
-        (
-            "TESSERA_REDIS_KEY_PREFIX".to_owned(),
-            servers::unique_prefix(),
-        ),
-        (
-            "TESSERA_DATABASE_URL".to_owned(),
-            servers::postgres().fresh_database().await,
-        ),
-    ];
-    let app = spawn_in(
-        Arc::new(tempfile::tempdir().unwrap()),
-        backend,
-        &[("TESSERA_STORE_TIMEOUT", "300ms")],
-    )
-    .await;
+    let app = spawn_on_redis(redis.url()).await;
     let t = app.login("admin", ADMIN_PASSWORD).await;
-    let out = std::process::Command::new("redis-cli")
-        .args([
-            "-p",
-            &redis.port.to_string(),
-            "client",
-            "pause",
-            "2000",
-            "ALL",
-        ])
-        .output()
+    let port = redis.port.to_string();
+    let mut stall = std::process::Command::new("redis-cli")
+        .args(["-p", &port])
+        .args(command)
+        .spawn()
         .unwrap();
-    assert!(out.status.success());
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
     assert_eq!(
         app.verify_status(&t.access).await,
         StatusCode::SERVICE_UNAVAILABLE
     );
     assert!(
-        started.elapsed() < Duration::from_millis(1000),
+        started.elapsed() < SLOWEST_ALLOWED,
         "{:?}",
         started.elapsed()
     );
     until_ok(&app, &t.access, Duration::from_secs(5)).await;
+    assert!(stall.wait().unwrap().success());
+}
+
+#[tokio::test]
+async fn a_paused_redis_gives_503_within_the_store_timeout() {
+    stalled_redis_gives_503_in_time_then_heals(&["client", "pause", "2000", "ALL"]).await;
+}
+
+#[tokio::test]
+async fn a_redis_slowed_by_debug_sleep_gives_503_within_the_store_timeout() {
+    stalled_redis_gives_503_in_time_then_heals(&["debug", "sleep", "2"]).await;
+}
+
+#[tokio::test]
+async fn started_while_redis_is_down_it_is_up_not_ready_and_becomes_ready_by_itself() {
+    let port = servers::free_port();
+    let app = spawn_on_redis(format!("redis://127.0.0.1:{port}")).await;
+    assert_eq!(app.get_status("/healthz").await, StatusCode::OK);
+    assert_eq!(
+        app.get_status("/readyz").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let res = app.login_raw("admin", ADMIN_PASSWORD).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(
+        app.get_status("/.well-known/jwks.json").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // A token nobody can check yet is not called invalid.
+    assert_eq!(
+        app.verify_status("eyJhbGciOiJFZERTQSJ9.e30.c2ln").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let _redis = RedisProcess::start_on(port, tempfile::tempdir().unwrap().path());
+    let started = Instant::now();
+    while app.get_status("/readyz").await != StatusCode::OK {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "not ready 5 s after Redis came up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("ready {:?} after Redis came up", started.elapsed());
+    let t = app.login("admin", ADMIN_PASSWORD).await;
+    assert_eq!(app.verify_status(&t.access).await, StatusCode::OK);
+    assert_eq!(
+        app.get_status("/.well-known/jwks.json").await,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn connections_reset_or_partitioned_by_a_fault_proxy_give_only_200_or_503_and_heal() {
+    let redis = RedisProcess::start(&[]);
+    let proxy = FaultProxy::start(redis.port).await;
+    let app = Arc::new(spawn_on_redis(proxy.redis_url()).await);
+    let t = app.login("admin", ADMIN_PASSWORD).await;
+    let other = app.login("admin", ADMIN_PASSWORD).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = hammer(Arc::clone(&app), t.access.clone(), Arc::clone(&stop));
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        proxy.reset_all();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.partition();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // A refresh that cannot complete reports nothing it did not do...
+    let res = app.refresh(&other.refresh).await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    proxy.heal();
+    let healed = until_ok(&app, &t.access, Duration::from_secs(5)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (seen, slowest) = load.await.unwrap();
+    assert_failed_closed(&seen, slowest);
+    assert!(seen.contains_key(&503), "the faults were felt: {seen:?}");
+    println!("healed in {healed:?}; statuses {seen:?}; slowest {slowest:?}");
+
+    // ...and the token presented during the partition is still usable afterwards.
+    let res = app.refresh(&other.refresh).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // The store is consistent again: logout is real.
+    let res = app
+        .client
+        .post(app.url("/logout"))
+        .bearer_auth(&t.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(app.verify_status(&t.access).await, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -219,18 +310,7 @@ async fn postgres_stopped_gives_503_for_logins_while_sessions_keep_verifying() {
 #[tokio::test]
 async fn a_redis_that_comes_back_empty_logs_everyone_out_and_revives_nothing() {
     let redis = RedisProcess::start(&[]);
-    let backend = vec![
-        ("TESSERA_REDIS_URL".to_owned(), redis.url()),
-        (
-            "TESSERA_REDIS_KEY_PREFIX".to_owned(),
-            servers::unique_prefix(),
-        ),
-        (
-            "TESSERA_DATABASE_URL".to_owned(),
-            servers::postgres().fresh_database().await,
-        ),
-    ];
-    let app = spawn_in(Arc::new(tempfile::tempdir().unwrap()), backend, &[]).await;
+    let app = spawn_on_redis(redis.url()).await;
     let live = app.login("admin", ADMIN_PASSWORD).await;
     let revoked = app.login("admin", ADMIN_PASSWORD).await;
     app.client
@@ -252,9 +332,9 @@ async fn a_redis_that_comes_back_empty_logs_everyone_out_and_revives_nothing() {
         );
     }
     // The key ring went too: the next reload makes a new one, shared through Redis.
-    let before = app.auth.keys().active_kid().to_owned();
+    let before = app.auth.keys().unwrap().active_kid().to_owned();
     app.auth.reload_keys().await.unwrap();
-    assert_ne!(app.auth.keys().active_kid(), before);
+    assert_ne!(app.auth.keys().unwrap().active_kid(), before);
     let fresh = app.login("admin", ADMIN_PASSWORD).await;
     assert_eq!(app.verify_status(&fresh.access).await, StatusCode::OK);
 }
@@ -329,4 +409,82 @@ async fn sigterm_under_load_finishes_in_flight_requests_and_exits_0() {
     }
     assert_eq!(code.code(), Some(0));
     assert!(served > 0);
+}
+
+#[tokio::test]
+async fn cluster_resharding_under_traffic_is_followed_through_ask_and_moved() {
+    let cluster = servers::RedisCluster::start();
+    let app = Arc::new(spawn_on_redis(cluster.url()).await);
+    let t = app.login("admin", ADMIN_PASSWORD).await;
+    let uid = app.get_auth("/profile", &t.access).await;
+    let uid = uid.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .replace('-', "");
+    let cli = |port: u16, args: &[&str]| {
+        servers::redis_cli(port, args)
+            .unwrap_or_else(|| panic!("redis-cli {args:?} failed"))
+            .trim()
+            .to_owned()
+    };
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let slot = cli(ports[0], &["cluster", "keyslot", &format!("{{u:{uid}}}")]);
+    let owns = |port: u16| cli(port, &["cluster", "countkeysinslot", &slot]) != "0";
+    let source = *ports.iter().find(|p| owns(**p)).expect("the slot has keys");
+    let target = *ports.iter().find(|p| **p != source).unwrap();
+    let (source_id, target_id) = (
+        cli(source, &["cluster", "myid"]),
+        cli(target, &["cluster", "myid"]),
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = hammer(Arc::clone(&app), t.access.clone(), Arc::clone(&stop));
+    cli(
+        target,
+        &["cluster", "setslot", &slot, "importing", &source_id],
+    );
+    cli(
+        source,
+        &["cluster", "setslot", &slot, "migrating", &target_id],
+    );
+    let keys = cli(source, &["cluster", "getkeysinslot", &slot, "100"]);
+    let keys: Vec<&str> = keys.lines().collect();
+    assert!(keys.len() >= 2, "a session and its index: {keys:?}");
+    let port = target.to_string();
+    let migrate = |keys: &[&str]| {
+        let mut args = vec!["migrate", "127.0.0.1", &port, "", "0", "5000", "keys"];
+        args.extend_from_slice(keys);
+        assert_eq!(cli(source, &args), "OK");
+    };
+    // Half-way: some of the user's keys on each node; reads of moved keys are answered by ASK.
+    for k in &keys {
+        migrate(&[k]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    for port in &ports {
+        cli(*port, &["cluster", "setslot", &slot, "node", &target_id]);
+    }
+    // Now the old owner answers MOVED.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::SeqCst);
+    let (seen, slowest) = load.await.unwrap();
+    assert_failed_closed(&seen, slowest);
+    assert!(seen.contains_key(&200), "{seen:?}");
+    println!("statuses during resharding: {seen:?}; slowest {slowest:?}");
+    assert!(owns(target) && !owns(source), "the slot moved");
+
+    // Every operation, multi-key scripts included, works on the new owner.
+    assert_eq!(app.verify_status(&t.access).await, StatusCode::OK);
+    let next = app.refresh(&t.refresh).await;
+    assert_eq!(next.status(), StatusCode::OK);
+    let other = app.login("admin", ADMIN_PASSWORD).await;
+    let res = app
+        .client
+        .post(app.url("/logout?scope=all"))
+        .bearer_auth(&other.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(app.verify_status(&t.access).await, StatusCode::UNAUTHORIZED);
 }

@@ -4,6 +4,7 @@
 //! temporary directory per test.
 
 mod helpers;
+mod proxy;
 mod servers;
 
 mod chromium;

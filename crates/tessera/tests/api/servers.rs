@@ -50,7 +50,7 @@ fn wait_until(what: &str, log: &Path, mut ready: impl FnMut() -> bool) {
     }
 }
 
-fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+pub fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
     let out = Command::new("redis-cli")
         .arg("-p")
         .arg(port.to_string())
