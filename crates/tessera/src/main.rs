@@ -4,8 +4,30 @@ use clap::Parser as _;
 use tessera::cli::Cli;
 use tessera::config::LogFormat;
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
+    return_large_allocations_to_the_os();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_or(std::process::ExitCode::FAILURE, |rt| rt.block_on(run()))
+}
+
+/// Every argon2id hash allocates `argon2_memory_kib` (19 MiB by default) and frees it. glibc's
+/// malloc raises its mmap threshold after the first such free, so later blocks come from the
+/// thread arenas and stay in the process: measured 232 MiB RSS after 20 concurrent logins. A
+/// fixed threshold keeps large blocks mmapped, returned to the OS on free: 21 MiB after the same
+/// 20 logins, for a few thousand page faults per hash (well under 1 ms of a ~40 ms hash).
+fn return_large_allocations_to_the_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: mallopt only sets an allocator parameter; it is called before any other thread
+    // exists, and a failure (return value 0) leaves the default behaviour.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+async fn run() -> std::process::ExitCode {
     let cli = Cli::parse();
     let settings = match cli.settings() {
         Ok(s) => s,
