@@ -9,10 +9,12 @@
 //! - `tessera_active_sessions` (embedded store; counted by the sweeper)
 //! - `tessera_store_duration_seconds{store}`, `tessera_store_errors_total{store}`
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{LazyLock, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -58,28 +60,128 @@ pub fn spawn_upkeep() -> tokio::task::JoinHandle<()> {
 }
 
 /// Request count and latency per route (the route pattern, never the raw path, so ids do not
-/// explode the label space).
+/// explode the label space; unknown methods count as `OTHER` for the same reason).
 pub async fn track_http(req: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let method = method_label(req.method());
+    let route = req.extensions().get::<MatchedPath>().cloned();
     let res = next.run(req).await;
-    let status = res.status().as_u16().to_string();
-    metrics::counter!("tessera_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status)
-        .increment(1);
-    metrics::histogram!("tessera_http_request_duration_seconds", "method" => method, "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let (count, latency) = http_metrics(method, route, res.status().as_u16());
+    count.increment(1);
+    latency.record(started.elapsed().as_secs_f64());
     res
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// The metric handles of one (method, status) of a route.
+type HttpHandles = (&'static str, u16, metrics::Counter, metrics::Histogram);
+
+/// Registered handles by route: building a metric key (labels, hashing, a registry lookup) on
+/// every request showed in the profile; the set of (route, method, status) is small and fixed.
+static HTTP_METRICS: LazyLock<RwLock<HashMap<Box<str>, Vec<HttpHandles>>>> =
+    LazyLock::new(RwLock::default);
+
+fn http_metrics(
+    method: &'static str,
+    route: &str,
+    status: u16,
+) -> (metrics::Counter, metrics::Histogram) {
+    let find = |routes: &HashMap<Box<str>, Vec<HttpHandles>>| {
+        routes.get(route).and_then(|hs| {
+            hs.iter()
+                .find(|(m, s, _, _)| *m == method && *s == status)
+                .map(|(_, _, c, h)| (c.clone(), h.clone()))
+        })
+    };
+    if let Some(found) = find(&HTTP_METRICS.read().unwrap_or_else(|e| e.into_inner())) {
+        return found;
+    }
+    let mut routes = HTTP_METRICS.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(found) = find(&routes) {
+        return found;
+    }
+    handle(); // the recorder must exist before handles are made, or they are no-ops
+    let counter = metrics::counter!("tessera_http_requests_total", "method" => method, "route" => route.to_owned(), "status" => status.to_string());
+    let histogram = metrics::histogram!("tessera_http_request_duration_seconds", "method" => method, "route" => route.to_owned());
+    routes.entry(route.into()).or_default().push((
+        method,
+        status,
+        counter.clone(),
+        histogram.clone(),
+    ));
+    (counter, histogram)
+}
+
+/// Request ids for requests that arrive without one: a random per-process prefix and a counter.
+/// As unique as a UUID within a deployment's logs, without a `getrandom` system call per
+/// request (which `Uuid::new_v4` makes, and which showed in the profile).
+#[derive(Clone)]
+pub struct RequestIds {
+    prefix: u64,
+    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        let mut prefix = [0u8; 8];
+        crate::domain::secret::fill_random(&mut prefix);
+        Self {
+            prefix: u64::from_le_bytes(prefix),
+            next: std::sync::Arc::default(),
+        }
+    }
+}
+
+impl tower_http::request_id::MakeRequestId for RequestIds {
+    fn make_request_id<B>(
+        &mut self,
+        _: &axum::http::Request<B>,
+    ) -> Option<tower_http::request_id::RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{:016x}{n:016x}", self.prefix);
+        axum::http::HeaderValue::from_str(&id)
+            .ok()
+            .map(tower_http::request_id::RequestId::new)
+    }
 }
 
 /// Times one store call and counts its failures.
 pub fn store_call<T, E>(store: &'static str, started: Instant, result: &Result<T, E>) {
-    metrics::histogram!("tessera_store_duration_seconds", "store" => store)
-        .record(started.elapsed().as_secs_f64());
+    static HANDLES: LazyLock<
+        RwLock<HashMap<&'static str, (metrics::Histogram, metrics::Counter)>>,
+    > = LazyLock::new(RwLock::default);
+    let cached = HANDLES
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(store)
+        .cloned();
+    let (latency, errors) = cached.unwrap_or_else(|| {
+        handle(); // the recorder must exist before handles are made, or they are no-ops
+        let made = (
+            metrics::histogram!("tessera_store_duration_seconds", "store" => store),
+            metrics::counter!("tessera_store_errors_total", "store" => store),
+        );
+        HANDLES
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(store, made.clone());
+        made
+    });
+    latency.record(started.elapsed().as_secs_f64());
     if result.is_err() {
-        metrics::counter!("tessera_store_errors_total", "store" => store).increment(1);
+        errors.increment(1);
     }
 }

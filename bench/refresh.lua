@@ -1,0 +1,25 @@
+-- wrk script for refresh-token rotation: every request redeems a refresh token and the
+-- response's successor goes back into the pool, so each connection walks its own chain (a
+-- reused token would measure the grace path or reuse detection instead).
+--   REFRESH_TOKENS  space-separated refresh tokens, at least one per connection
+local pool = {}
+for t in string.gmatch(os.getenv("REFRESH_TOKENS") or "", "%S+") do pool[#pool + 1] = t end
+
+function request()
+  local token = table.remove(pool) or "tsr1.exhausted"
+  return wrk.format("POST", nil, { ["Content-Type"] = "application/x-www-form-urlencoded" },
+    "grant_type=refresh_token&refresh_token=" .. token)
+end
+
+function response(status, headers, body)
+  local next_token = body and string.match(body, '"refresh_token"%s*:%s*"([^"]+)"')
+  if next_token then pool[#pool + 1] = next_token end
+end
+
+function done(summary, latency, requests)
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"non_2xx":%d,"socket_errors":%d,"p50_us":%d,"p99_us":%d,"p999_us":%d}\n',
+    summary.requests, summary.duration, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
+    latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))
+end
