@@ -88,9 +88,14 @@ pub async fn open_stores(settings: &Settings) -> anyhow::Result<Stores> {
     };
     if let Some(url) = &settings.redis_url {
         let topology = Topology::parse(url).map_err(|e| anyhow::anyhow!("redis_url: {e}"))?;
-        let redis = RedisStore::connect(&topology, &settings.redis_key_prefix, timeout)
-            .await
-            .with_context(|| format!("redis_url ({})", redact(url)))?;
+        let redis = RedisStore::connect(
+            &topology,
+            &settings.redis_key_prefix,
+            timeout,
+            settings.session_cache_ttl,
+        )
+        .await
+        .with_context(|| format!("redis_url ({})", redact(url)))?;
         match redis.maxmemory_policy().await.as_deref() {
             Some("noeviction") | None => {}
             Some(policy) => tracing::warn!(

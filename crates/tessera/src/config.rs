@@ -81,6 +81,12 @@ pub struct Settings {
     /// Longest wait on a store before 503.
     #[serde(default = "d::store_timeout", deserialize_with = "duration")]
     pub store_timeout: Duration,
+    /// Redis only: how long a session record may be served from this instance's memory
+    /// (`0s`, the default, turns the cache off). Entries are dropped as soon as Redis reports a
+    /// change of the key (`CLIENT TRACKING`); the TTL bounds staleness only when that channel
+    /// fails silently. See the README's "Session cache".
+    #[serde(default, deserialize_with = "duration")]
+    pub session_cache_ttl: Duration,
     /// Accepted clock skew on `exp`/`iat`.
     #[serde(default, deserialize_with = "duration")]
     pub jwt_leeway: Duration,
@@ -192,6 +198,7 @@ const KEYS: &[&str] = &[
     "allowed_redirect_hosts",
     "max_body_bytes",
     "store_timeout",
+    "session_cache_ttl",
     "jwt_leeway",
     "audience",
     "shutdown_grace",
@@ -362,6 +369,10 @@ pub struct SettingsArgs {
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub store_timeout: Option<String>,
+    /// Redis only: serve session records from memory, invalidated by Redis [default: 0s = off].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_cache_ttl: Option<String>,
     /// Clock skew accepted on exp/iat [default: 0s].
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -10,6 +10,7 @@ pub mod keyfile;
 pub mod limits;
 pub mod postgres;
 pub mod redis;
+pub mod session_cache;
 pub mod sqlite;
 
 use std::time::Duration;

@@ -23,6 +23,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 
+use super::session_cache::SessionCache;
 use super::{
     CachedProfile, KeyStore, LimitStore, ProfileCache, RefreshPresentation, Rotation, SessionStore,
     StoreError,
@@ -179,6 +180,8 @@ pub struct RedisStore {
     prefix: Arc<str>,
     timeout: Duration,
     scripts: Arc<Scripts>,
+    /// Session records served from memory (`session_cache_ttl`), standalone Redis only.
+    cache: Option<Arc<SessionCache>>,
 }
 
 struct Scripts {
@@ -210,6 +213,7 @@ impl RedisStore {
         topology: &Topology,
         prefix: &str,
         timeout: Duration,
+        session_cache_ttl: Duration,
     ) -> anyhow::Result<Self> {
         let connector = match topology {
             Topology::Standalone(url) => Connector::Standalone(redis::Client::open(url.as_str())?),
@@ -241,7 +245,22 @@ impl RedisStore {
                 ))
             }
         };
+        let cache = match (&connector, session_cache_ttl.is_zero()) {
+            (_, true) => None,
+            (Connector::Standalone(client), false) => {
+                let cache = Arc::new(SessionCache::new(prefix, session_cache_ttl));
+                super::session_cache::spawn_tracker(Arc::clone(&cache), client.clone(), timeout);
+                Some(cache)
+            }
+            (_, false) => {
+                tracing::warn!(
+                    "session_cache_ttl is ignored: the session cache needs a standalone redis_url"
+                );
+                None
+            }
+        };
         let store = Self {
+            cache,
             conn: Arc::new(std::sync::RwLock::new(None)),
             connector: Arc::new(connector),
             connecting: Arc::new(tokio::sync::Mutex::new(())),
@@ -264,6 +283,12 @@ impl RedisStore {
             );
         }
         Ok(store)
+    }
+
+    /// Whether session records are being served from memory right now (the tracking
+    /// connection is up).
+    pub fn session_cache_active(&self) -> bool {
+        self.cache.as_ref().is_some_and(|c| c.is_tracking())
     }
 
     /// The eviction policy, for the start-up warning: anything but `noeviction` may drop auth
@@ -373,6 +398,29 @@ impl RedisStore {
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(me.timeout * 4, me.reconnect(broken)).await;
             });
+        }
+        result
+    }
+
+    /// [`RedisStore::run`] for a write to the sessions of `user` (to session `id`, or to any
+    /// of them): this instance's cached copies go at once, so it reads its own writes without
+    /// waiting for Redis's invalidation push; other instances rely on the push.
+    async fn run_write<T, F, Fut>(
+        &self,
+        user: UserId,
+        id: Option<SessionId>,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let result = self.run(f).await;
+        if let Some(cache) = &self.cache {
+            match id {
+                Some(id) => cache.forget(user, id),
+                None => cache.forget_user(user),
+            }
         }
         result
     }
@@ -614,7 +662,7 @@ impl SessionStore for RedisStore {
         let idx = self.index_key(session.user_id);
         let prefix = self.session_prefix(session.user_id);
         let evicted: Vec<String> = self
-            .run(|mut c| async move {
+            .run_write(session.user_id, None, |mut c| async move {
                 let mut inv = self.scripts.create.prepare_invoke();
                 inv.key(&key)
                     .key(&idx)
@@ -640,11 +688,24 @@ impl SessionStore for RedisStore {
         id: SessionId,
         now: Timestamp,
     ) -> Result<Option<Session>, StoreError> {
+        let ticket = match &self.cache {
+            Some(cache) => {
+                if let Some(s) = cache.get(user, id).filter(|s| s.is_alive(now)) {
+                    return Ok(Some(s));
+                }
+                Some(cache.ticket(user, id))
+            }
+            None => None,
+        };
         let key = self.session_key(user, id);
         let flat: Vec<Vec<u8>> = self
             .run(|mut c| async move { redis::cmd("HGETALL").arg(&key).query_async(&mut c).await })
             .await?;
-        Ok(parse_session(user, id, &flat)?.filter(|s| s.is_alive(now)))
+        let session = parse_session(user, id, &flat)?;
+        if let (Some(cache), Some(ticket), Some(s)) = (&self.cache, ticket, &session) {
+            cache.insert(ticket, s);
+        }
+        Ok(session.filter(|s| s.is_alive(now)))
     }
 
     async fn touch(
@@ -656,7 +717,7 @@ impl SessionStore for RedisStore {
     ) -> Result<(), StoreError> {
         let key = self.session_key(user, id);
         let _: i64 = self
-            .run(|mut c| async move {
+            .run_write(user, Some(id), |mut c| async move {
                 self.scripts
                     .touch
                     .key(&key)
@@ -710,7 +771,7 @@ impl SessionStore for RedisStore {
     async fn revoke(&self, user: UserId, id: SessionId) -> Result<bool, StoreError> {
         let (key, idx) = (self.session_key(user, id), self.index_key(user));
         let n: i64 = self
-            .run(|mut c| async move {
+            .run_write(user, Some(id), |mut c| async move {
                 self.scripts
                     .revoke
                     .key(&key)
@@ -727,7 +788,7 @@ impl SessionStore for RedisStore {
         let (idx, prefix) = (self.index_key(user), self.session_prefix(user));
         let keep = keep.map(|k| k.0.simple().to_string()).unwrap_or_default();
         let n: u64 = self
-            .run(|mut c| async move {
+            .run_write(user, None, |mut c| async move {
                 self.scripts
                     .revoke_all
                     .key(&idx)
@@ -749,7 +810,7 @@ impl SessionStore for RedisStore {
     ) -> Result<Rotation, StoreError> {
         let (key, idx) = (self.session_key(user, id), self.index_key(user));
         let reply: Vec<Vec<u8>> = self
-            .run(|mut c| async move {
+            .run_write(user, Some(id), |mut c| async move {
                 self.scripts
                     .rotate
                     .key(&key)
@@ -785,7 +846,7 @@ impl SessionStore for RedisStore {
             roles.to_csv(),
         );
         let _: i64 = self
-            .run(|mut c| async move {
+            .run_write(user, None, |mut c| async move {
                 self.scripts
                     .set_roles
                     .key(&idx)

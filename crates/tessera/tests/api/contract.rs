@@ -35,12 +35,23 @@ async fn sqlite(dir: &TempDir) -> SqliteStore {
 /// The session-side stores of `backend`, and the directory they may live in.
 async fn session_side(backend: &str) -> (Stores, TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let redis = |topology: Topology| async move {
-        Arc::new(
-            RedisStore::connect(&topology, &servers::unique_prefix(), Duration::from_secs(5))
-                .await
-                .unwrap(),
+    let redis = |topology: Topology, cache_ttl: Duration| async move {
+        let store = RedisStore::connect(
+            &topology,
+            &servers::unique_prefix(),
+            Duration::from_secs(5),
+            cache_ttl,
         )
+        .await
+        .unwrap();
+        if !cache_ttl.is_zero() {
+            let started = std::time::Instant::now();
+            while !store.session_cache_active() {
+                assert!(started.elapsed() < Duration::from_secs(5), "tracking is on");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        Arc::new(store)
     };
     let stores = match backend {
         "embedded" => {
@@ -53,13 +64,18 @@ async fn session_side(backend: &str) -> (Stores, TempDir) {
                 profiles: Arc::new(MemoryProfileCache::new(100, Duration::from_secs(300))),
             }
         }
-        "redis" | "cluster" => {
-            let topo = if backend == "redis" {
-                Topology::parse(&servers::redis().url()).unwrap()
-            } else {
+        "redis" | "redis_with_session_cache" | "cluster" => {
+            let topo = if backend == "cluster" {
                 Topology::parse(&servers::cluster().url()).unwrap()
+            } else {
+                Topology::parse(&servers::redis().url()).unwrap()
             };
-            let r = redis(topo).await;
+            let cache_ttl = if backend == "redis_with_session_cache" {
+                Duration::from_secs(60)
+            } else {
+                Duration::ZERO
+            };
+            let r = redis(topo, cache_ttl).await;
             Stores {
                 users: Arc::new(sqlite(&dir).await),
                 sessions: r.clone(),
@@ -386,6 +402,7 @@ macro_rules! session_contract {
 
 session_contract!(embedded);
 session_contract!(redis);
+session_contract!(redis_with_session_cache);
 session_contract!(cluster);
 
 // ----- users -----------------------------------------------------------------------------------

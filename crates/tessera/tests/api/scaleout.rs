@@ -333,3 +333,92 @@ async fn a_malformed_redis_url_stops_start_up_without_showing_the_password() {
         "the password is not shown: {msg}"
     );
 }
+
+/// `calls` of one command in Redis's `INFO commandstats`.
+fn redis_calls(port: u16, command: &str) -> u64 {
+    let stats = servers::redis_cli(port, &["info", "commandstats"]).unwrap_or_default();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn with_the_session_cache_verification_skips_redis_and_a_logout_elsewhere_lands_in_milliseconds()
+ {
+    let redis = servers::RedisProcess::start(&[]);
+    let backend = vec![
+        ("TESSERA_REDIS_URL".to_owned(), redis.url()),
+        (
+            "TESSERA_REDIS_KEY_PREFIX".to_owned(),
+            servers::unique_prefix(),
+        ),
+        (
+            "TESSERA_DATABASE_URL".to_owned(),
+            servers::postgres().fresh_database().await,
+        ),
+    ];
+    let env = [("TESSERA_SESSION_CACHE_TTL", "60s")];
+    let a = spawn_in(
+        Arc::new(tempfile::tempdir().unwrap()),
+        backend.clone(),
+        &env,
+    )
+    .await;
+    let b = spawn_in(Arc::new(tempfile::tempdir().unwrap()), backend, &env).await;
+    let t = a.login("admin", ADMIN_PASSWORD).await;
+
+    // Once B's tracking connection is up, B verifies without reading the session from Redis.
+    let started = Instant::now();
+    loop {
+        assert_eq!(b.verify_status(&t.access).await, StatusCode::OK);
+        let before = redis_calls(redis.port, "hgetall");
+        for _ in 0..50 {
+            assert_eq!(b.verify_status(&t.access).await, StatusCode::OK);
+        }
+        if redis_calls(redis.port, "hgetall") == before {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B still reads every session from Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A logout on A reaches B's memory through Redis's invalidation push.
+    let res = a
+        .client
+        .post(a.url("/logout"))
+        .bearer_auth(&t.access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let logged_out = Instant::now();
+    let mut verifications = 0;
+    while b.verify_status(&t.access).await != StatusCode::UNAUTHORIZED {
+        verifications += 1;
+        assert!(
+            logged_out.elapsed() < Duration::from_secs(1),
+            "B still accepts the session {:?} after the logout",
+            logged_out.elapsed()
+        );
+    }
+    println!(
+        "B refused the session {:?} after A's logout answered ({verifications} verifications still passed)",
+        logged_out.elapsed()
+    );
+    // A FLUSHALL (null invalidation) empties the cache too.
+    let t = a.login("admin", ADMIN_PASSWORD).await;
+    assert_eq!(b.verify_status(&t.access).await, StatusCode::OK);
+    assert!(servers::redis_cli(redis.port, &["flushall"]).is_some());
+    let flushed = Instant::now();
+    while b.verify_status(&t.access).await != StatusCode::UNAUTHORIZED {
+        assert!(
+            flushed.elapsed() < Duration::from_secs(1),
+            "FLUSHALL not seen"
+        );
+    }
+}

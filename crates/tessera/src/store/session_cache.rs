@@ -1,0 +1,335 @@
+//! Zero-round-trip session reads for the Redis backend, with revocation still immediate.
+//!
+//! Each instance keeps recently read session records in memory and holds one extra Redis
+//! connection with `CLIENT TRACKING ON BCAST PREFIX <prefix>:{u:` (RESP3). Redis then pushes the
+//! name of every key under that prefix that anyone changes (a logout, an eviction, a role
+//! change, a refresh rotation, a touch, an expiry, a `FLUSHALL`) on that connection, and the entry
+//! is dropped when the push arrives. How long that takes is the staleness window; the benchmark
+//! and the tests measure it.
+//!
+//! Correctness rules:
+//! - A read that started before an invalidation of its key must not insert its (possibly older)
+//!   answer after it: every read takes a ticket (the invalidation count of its shard) and
+//!   inserts only if no invalidation happened in that shard since.
+//! - When the tracking connection is down, nobody would tell us about changes: the cache is
+//!   emptied and bypassed until the connection is back (and emptied again then, for what was
+//!   missed meanwhile). A heartbeat finds a connection that died silently.
+//! - The TTL bounds staleness if all of that fails (a silent partition shorter than the
+//!   heartbeat).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use redis::{PushInfo, PushKind, Value};
+
+use crate::domain::session::{Session, SessionId};
+use crate::domain::user::UserId;
+
+const SHARDS: usize = 64;
+
+/// How often the tracking connection is pinged; with the store timeout, the longest a silently
+/// dead connection goes unnoticed.
+const HEARTBEAT: Duration = Duration::from_millis(500);
+
+/// Proof that a read started at a given invalidation count of its shard.
+pub struct Ticket {
+    shard: usize,
+    seen: u64,
+}
+
+/// The cache (see the module docs). Cheap to share behind an `Arc`.
+pub struct SessionCache {
+    entries: moka::sync::Cache<(UserId, SessionId), Session>,
+    invalidations: [AtomicU64; SHARDS],
+    tracking: AtomicBool,
+    /// `<prefix>:{u:`: the tracked key prefix.
+    user_prefix: String,
+}
+
+impl SessionCache {
+    /// A cache of at most 100,000 sessions, each kept at most `ttl`.
+    pub fn new(prefix: &str, ttl: Duration) -> Self {
+        Self {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(ttl)
+                .support_invalidation_closures()
+                .build(),
+            invalidations: std::array::from_fn(|_| AtomicU64::new(0)),
+            tracking: AtomicBool::new(false),
+            user_prefix: format!("{prefix}:{{u:"),
+        }
+    }
+
+    fn shard(user: UserId, id: SessionId) -> usize {
+        let mixed = user.0.as_u128() ^ id.0.as_u128().rotate_left(64);
+        (mixed as u64 ^ (mixed >> 64) as u64) as usize % SHARDS
+    }
+
+    /// The cached record, if the cache is trustworthy right now.
+    pub fn get(&self, user: UserId, id: SessionId) -> Option<Session> {
+        if !self.tracking.load(Ordering::Acquire) {
+            return None;
+        }
+        self.entries.get(&(user, id))
+    }
+
+    /// Taken before reading a session from Redis.
+    pub fn ticket(&self, user: UserId, id: SessionId) -> Ticket {
+        let shard = Self::shard(user, id);
+        Ticket {
+            shard,
+            seen: self.invalidations[shard].load(Ordering::Acquire),
+        }
+    }
+
+    /// Keeps what a read returned, unless an invalidation may have overtaken it.
+    pub fn insert(&self, ticket: Ticket, session: &Session) {
+        if !self.tracking.load(Ordering::Acquire) {
+            return;
+        }
+        self.entries
+            .insert((session.user_id, session.id), session.clone());
+        // Checked after the insert: an invalidation between the read and here either bumped
+        // the count already (we undo the insert) or comes after the insert (it removes it).
+        if self.invalidations[ticket.shard].load(Ordering::Acquire) != ticket.seen {
+            self.entries.invalidate(&(session.user_id, session.id));
+        }
+    }
+
+    /// Handles one push from the tracking connection.
+    pub fn on_push(&self, push: &PushInfo) {
+        match push.kind {
+            PushKind::Invalidate => match push.data.first() {
+                Some(Value::Array(keys)) => {
+                    for key in keys {
+                        if let Value::BulkString(key) = key {
+                            self.invalidate_key(key);
+                        }
+                    }
+                }
+                // A null list: FLUSHALL / FLUSHDB.
+                _ => self.invalidate_all(),
+            },
+            PushKind::Disconnection => self.set_tracking(false),
+            _ => {}
+        }
+    }
+
+    fn invalidate_key(&self, key: &[u8]) {
+        if let Some((user, id)) = self.parse_session_key(key) {
+            self.forget(user, id);
+        } // else an index or profile key: not cached here
+    }
+
+    /// Drops a session this instance has just changed, without waiting for the push, so this
+    /// instance reads its own writes.
+    pub fn forget(&self, user: UserId, id: SessionId) {
+        self.invalidations[Self::shard(user, id)].fetch_add(1, Ordering::AcqRel);
+        self.entries.invalidate(&(user, id));
+    }
+
+    /// Drops every session of a user this instance has just changed (revoke-all, roles).
+    pub fn forget_user(&self, user: UserId) {
+        for n in &self.invalidations {
+            n.fetch_add(1, Ordering::AcqRel);
+        }
+        if self
+            .entries
+            .invalidate_entries_if(move |k, _| k.0 == user)
+            .is_err()
+        {
+            self.entries.invalidate_all();
+        }
+    }
+
+    fn invalidate_all(&self) {
+        for n in &self.invalidations {
+            n.fetch_add(1, Ordering::AcqRel);
+        }
+        self.entries.invalidate_all();
+    }
+
+    /// `<prefix>:{u:<user>}:s:<session>` → ids.
+    fn parse_session_key(&self, key: &[u8]) -> Option<(UserId, SessionId)> {
+        let rest = std::str::from_utf8(key)
+            .ok()?
+            .strip_prefix(self.user_prefix.as_str())?;
+        let (user, rest) = rest.split_once("}:s:")?;
+        Some((UserId::parse(user)?, SessionId::parse(rest)?))
+    }
+
+    fn set_tracking(&self, on: bool) {
+        // Empty on both edges: going down, nobody will tell us about changes; coming up, we
+        // missed the changes made while down.
+        self.invalidate_all();
+        self.tracking.store(on, Ordering::Release);
+        if on {
+            self.invalidate_all();
+        }
+    }
+
+    /// Whether entries are being served.
+    pub fn is_tracking(&self) -> bool {
+        self.tracking.load(Ordering::Acquire)
+    }
+}
+
+/// Keeps a tracking connection to the Redis `client` names open for as long as the process
+/// runs, reconnecting after failures; the cache is bypassed while there is none.
+pub fn spawn_tracker(cache: Arc<SessionCache>, client: redis::Client, timeout: Duration) {
+    tokio::spawn(async move {
+        loop {
+            match track(&cache, &client, timeout).await {
+                Ok(()) => {}
+                Err(e) => tracing::debug!(error = %e, "session cache tracking connection lost"),
+            }
+            cache.set_tracking(false);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+}
+
+async fn track(
+    cache: &Arc<SessionCache>,
+    client: &redis::Client,
+    timeout: Duration,
+) -> redis::RedisResult<()> {
+    let info = client.get_connection_info().clone();
+    let redis_settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(redis::ProtocolVersion::RESP3);
+    let client = redis::Client::open(info.set_redis_settings(redis_settings))?;
+    let sink = Arc::clone(cache);
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(timeout))
+        .set_response_timeout(Some(timeout))
+        .set_push_sender(move |push: PushInfo| {
+            sink.on_push(&push);
+            Ok::<(), std::convert::Infallible>(())
+        });
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&config)
+        .await?;
+    redis::cmd("CLIENT")
+        .arg("TRACKING")
+        .arg("ON")
+        .arg("BCAST")
+        .arg("PREFIX")
+        .arg(&cache.user_prefix)
+        .exec_async(&mut conn)
+        .await?;
+    cache.set_tracking(true);
+    tracing::info!("session cache on: Redis reports every change of a session");
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        redis::cmd("PING").exec_async(&mut conn).await?;
+        if !cache.is_tracking() {
+            return Ok(()); // a disconnection was pushed meanwhile
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::clock::Timestamp;
+    use crate::domain::session::RefreshState;
+    use crate::domain::user::{Roles, Username};
+
+    fn session() -> Session {
+        let now = Timestamp::from_millis(1_000);
+        Session {
+            id: SessionId(uuid::Uuid::new_v4()),
+            user_id: UserId(uuid::Uuid::new_v4()),
+            username: Username::parse("alice").unwrap_or_else(|_| unreachable!()),
+            roles: Roles::from_csv(""),
+            created_at: now,
+            last_seen_at: now,
+            idle_expires_at: now,
+            absolute_expires_at: now,
+            user_agent: None,
+            ip: None,
+            refresh: RefreshState {
+                generation: 0,
+                hash: [0; 32],
+                prev_hash: None,
+                rotated_at: None,
+            },
+            cookie_hash: None,
+        }
+    }
+
+    fn key(s: &Session) -> Vec<u8> {
+        format!("p:{{u:{}}}:s:{}", s.user_id.0.simple(), s.id.0.simple()).into_bytes()
+    }
+
+    fn invalidate(keys: Vec<Vec<u8>>) -> PushInfo {
+        PushInfo {
+            kind: PushKind::Invalidate,
+            data: vec![Value::Array(
+                keys.into_iter().map(Value::BulkString).collect(),
+            )],
+        }
+    }
+
+    fn tracking_cache() -> SessionCache {
+        let c = SessionCache::new("p", Duration::from_secs(60));
+        c.set_tracking(true);
+        c
+    }
+
+    #[test]
+    fn a_pushed_key_drops_its_session() {
+        let c = tracking_cache();
+        let s = session();
+        c.insert(c.ticket(s.user_id, s.id), &s);
+        assert!(c.get(s.user_id, s.id).is_some());
+        c.on_push(&invalidate(vec![key(&s)]));
+        assert!(c.get(s.user_id, s.id).is_none());
+    }
+
+    #[test]
+    fn a_read_overtaken_by_an_invalidation_is_not_kept() {
+        let c = tracking_cache();
+        let s = session();
+        let ticket = c.ticket(s.user_id, s.id);
+        c.on_push(&invalidate(vec![key(&s)])); // the logout lands while our read is in flight
+        c.insert(ticket, &s);
+        assert!(c.get(s.user_id, s.id).is_none());
+    }
+
+    #[test]
+    fn flushall_and_a_lost_connection_empty_the_cache_and_stop_serving() {
+        let c = tracking_cache();
+        let s = session();
+        c.insert(c.ticket(s.user_id, s.id), &s);
+        c.on_push(&PushInfo {
+            kind: PushKind::Invalidate,
+            data: vec![Value::Nil],
+        });
+        assert!(c.get(s.user_id, s.id).is_none());
+        c.insert(c.ticket(s.user_id, s.id), &s);
+        c.on_push(&PushInfo {
+            kind: PushKind::Disconnection,
+            data: vec![],
+        });
+        assert!(c.get(s.user_id, s.id).is_none());
+        c.insert(c.ticket(s.user_id, s.id), &s);
+        assert!(c.get(s.user_id, s.id).is_none(), "bypassed while down");
+    }
+
+    #[test]
+    fn other_keys_and_other_prefixes_are_ignored() {
+        let c = tracking_cache();
+        let s = session();
+        c.insert(c.ticket(s.user_id, s.id), &s);
+        c.on_push(&invalidate(vec![
+            format!("p:{{u:{}}}:idx", s.user_id.0.simple()).into_bytes(),
+            format!("q:{{u:{}}}:s:{}", s.user_id.0.simple(), s.id.0.simple()).into_bytes(),
+        ]));
+        assert!(c.get(s.user_id, s.id).is_some());
+    }
+}
