@@ -1,7 +1,8 @@
 -- wrk script for refresh-token rotation: every request redeems a refresh token and the
 -- response's successor goes back into the pool, so each connection walks its own chain (a
 -- reused token would measure the grace path or reuse detection instead).
---   REFRESH_TOKENS  space-separated refresh tokens, at least one per connection
+--   REFRESH_TOKENS  space-separated refresh tokens, one per connection plus one (wrk calls
+--                   request() once at start-up without sending what it returns)
 local pool = {}
 for t in string.gmatch(os.getenv("REFRESH_TOKENS") or "", "%S+") do pool[#pool + 1] = t end
 
