@@ -238,8 +238,8 @@ pub fn form_field(body: &[u8], name: &str) -> Option<String> {
     pairs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
-/// Security headers on every response; HTML gets the CSP. Pages for a signed-in user are
-/// `no-store` through the router-wide default.
+/// Security headers on every response (`nosniff`, a referrer policy, `no-store` unless the
+/// handler set a cache policy); HTML also gets the CSP and `X-Frame-Options`.
 pub async fn security_headers(req: Request, next: Next) -> Response {
     let docs = req.uri().path().starts_with("/docs");
     let mut res = next.run(req).await;
@@ -267,6 +267,13 @@ pub async fn security_headers(req: Request, next: Next) -> Response {
         header::REFERRER_POLICY,
         HeaderValue::from_static("same-origin"),
     );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    // Auth answers are per user: never cached, unless a handler said otherwise (static files).
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
     res
 }
 
