@@ -49,6 +49,8 @@ echo "== the pinned OpenAPI document validates"
 target/venv/bin/openapi-spec-validator crates/tessera/tests/api/snapshots/openapi.json
 echo "== schemathesis against a live instance"
 bash scripts/schemathesis.sh "${CARGO_TARGET_DIR:-target}/debug/tessera" target/venv/bin/schemathesis
+echo "== fuzzing every parser for 30 s (cargo-fuzz; the first build takes ~13 min, then ~2)"
+bash scripts/fuzz.sh 30
 # One closing line for the whole workspace (the last cargo line is often the doc-tests' "0 passed").
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
