@@ -208,7 +208,19 @@ const KEYS: &[&str] = &[
     "admin_password",
 ];
 
-/// Parses `900`, `900s`, `15m`, `1h`, `7d`, `500ms`.
+/// The longest duration any setting takes (100 years): longer ones are surely typos, and would
+/// overflow timestamps and the caches' expiry arithmetic (moka panics past 1,000 years).
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+fn at_most_max(d: Duration) -> Result<Duration, String> {
+    if d <= MAX_DURATION {
+        Ok(d)
+    } else {
+        Err(format!("{}s is longer than 100 years", d.as_secs()))
+    }
+}
+
+/// Parses `900`, `900s`, `15m`, `1h`, `7d`, `500ms` (at most 100 years).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
@@ -226,6 +238,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         _ => None,
     }
     .ok_or_else(|| format!("{s:?} is not a duration (e.g. 900, 900s, 15m, 1h, 7d)"))
+    .and_then(at_most_max)
 }
 
 fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
@@ -236,7 +249,7 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         S(String),
     }
     match Raw::deserialize(d)? {
-        Raw::N(n) => Ok(Duration::from_secs(n)),
+        Raw::N(n) => at_most_max(Duration::from_secs(n)).map_err(serde::de::Error::custom),
         Raw::S(s) => parse_duration(&s).map_err(serde::de::Error::custom),
     }
 }
@@ -612,6 +625,7 @@ mod tests {
         assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("400000d").is_err(), "past 100 years");
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert!(parse_duration("15 minutes").is_err());
         assert!(parse_duration("").is_err());

@@ -758,11 +758,18 @@ impl Auth {
                 Err(AuthError::InvalidToken)
             };
         }
-        if !self.keys_loaded() && self.may_reload_keys(now) {
-            // The store was down at start-up: try again, at most once a second.
-            self.reload_keys().await?;
-        }
-        let mut verified = self.keys()?.verify(token, now, leeway);
+        let keys = match self.keys() {
+            Ok(keys) => keys,
+            Err(not_loaded) => {
+                // The store was down at start-up: try again, at most once a second.
+                if !self.may_reload_keys(now) {
+                    return Err(not_loaded);
+                }
+                self.reload_keys().await?;
+                self.keys()?
+            }
+        };
+        let mut verified = keys.verify(token, now, leeway);
         if verified == Err(TokenError::UnknownKey) && self.may_reload_keys(now) {
             // Another instance may have rotated a moment ago: look once before refusing.
             self.reload_keys().await?;

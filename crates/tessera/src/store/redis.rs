@@ -690,8 +690,9 @@ impl SessionStore for RedisStore {
         let key = self.session_key(session.user_id, session.id);
         let idx = self.index_key(session.user_id);
         let prefix = self.session_prefix(session.user_id);
-        let evicted: Vec<String> = self
-            .run_write(session.user_id, None, |mut c| async move {
+        // A new session is in no cache; the sessions it evicted are forgotten below.
+        let evicted: Result<Vec<String>, StoreError> = self
+            .run(|mut c| async move {
                 let mut inv = self.scripts.create.prepare_invoke();
                 inv.key(&key)
                     .key(&idx)
@@ -707,8 +708,24 @@ impl SessionStore for RedisStore {
                 }
                 inv.invoke_async(&mut c).await
             })
-            .await?;
-        Ok(evicted.iter().filter_map(|s| SessionId::parse(s)).collect())
+            .await;
+        let evicted = match evicted {
+            Ok(evicted) => evicted,
+            Err(e) => {
+                // Whether anything was evicted is unknown: forget all of the user's sessions.
+                if let Some(cache) = &self.cache {
+                    cache.forget_user(session.user_id);
+                }
+                return Err(e);
+            }
+        };
+        let evicted: Vec<SessionId> = evicted.iter().filter_map(|s| SessionId::parse(s)).collect();
+        if let Some(cache) = &self.cache {
+            for id in &evicted {
+                cache.forget(session.user_id, *id);
+            }
+        }
+        Ok(evicted)
     }
 
     async fn get(

@@ -328,6 +328,21 @@ async fn an_invalid_setting_stops_start_up_naming_the_key_and_its_source() {
         "{err}"
     );
 
+    // A duration too long for the caches' arithmetic was a panic (exit 101) at start-up.
+    let out = tokio::task::spawn_blocking({
+        let mut cmd = tessera(dir.path());
+        cmd.env("TESSERA_ACCESS_TOKEN_TTL", "400000d").arg("serve");
+        move || cmd.output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("access_token_ttl") && !err.contains("panicked"),
+        "{err}"
+    );
+
     std::fs::write(
         dir.path().join("tessera.toml"),
         "max_sessions_per_user = \"many\"\n",

@@ -138,8 +138,14 @@ pub async fn creating_past_the_limit_evicts_the_oldest(s: &Stores) {
     let c = session(u, 2);
     s.sessions.create(&a, 2, t(0)).await.unwrap();
     s.sessions.create(&b, 2, t(1)).await.unwrap();
+    assert!(s.sessions.get(u, a.id, t(1)).await.unwrap().is_some());
     let evicted = s.sessions.create(&c, 2, t(2)).await.unwrap();
     assert_eq!(evicted, vec![a.id]);
+    assert_eq!(
+        s.sessions.get(u, a.id, t(2)).await.unwrap(),
+        None,
+        "an evicted session is gone at once, cached or not"
+    );
     let ids: Vec<SessionId> = s
         .sessions
         .list(u, t(3))

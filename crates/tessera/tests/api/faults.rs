@@ -17,25 +17,10 @@ use crate::servers::{self, RedisProcess};
 const STORE_TIMEOUT: &str = "300ms";
 const SLOWEST_ALLOWED: Duration = Duration::from_millis(300 + 700);
 
-/// Redis at `redis_url` (a private prefix) and a fresh PostgreSQL database.
-async fn redis_backend(redis_url: String) -> Vec<(String, String)> {
-    vec![
-        ("TESSERA_REDIS_URL".to_owned(), redis_url),
-        (
-            "TESSERA_REDIS_KEY_PREFIX".to_owned(),
-            servers::unique_prefix(),
-        ),
-        (
-            "TESSERA_DATABASE_URL".to_owned(),
-            servers::postgres().fresh_database().await,
-        ),
-    ]
-}
-
 async fn spawn_on_redis(redis_url: String) -> TestApp {
     spawn_in(
         Arc::new(tempfile::tempdir().unwrap()),
-        redis_backend(redis_url).await,
+        redis_postgres_env_on(redis_url).await,
         &[("TESSERA_STORE_TIMEOUT", STORE_TIMEOUT)],
     )
     .await
@@ -113,13 +98,7 @@ async fn redis_killed_under_load_gives_503_then_heals_without_a_restart() {
         "fails closed while Redis is down"
     );
     assert!(res.headers().contains_key("retry-after"));
-    let res = app
-        .client
-        .post(app.url("/logout"))
-        .bearer_auth(&t.access)
-        .send()
-        .await
-        .unwrap();
+    let res = app.logout(&t.access).await;
     assert_eq!(
         res.status(),
         StatusCode::SERVICE_UNAVAILABLE,
@@ -256,13 +235,7 @@ async fn connections_reset_or_partitioned_by_a_fault_proxy_give_only_200_or_503_
     let res = app.refresh(&other.refresh).await;
     assert_eq!(res.status(), StatusCode::OK);
     // The store is consistent again: logout is real.
-    let res = app
-        .client
-        .post(app.url("/logout"))
-        .bearer_auth(&t.access)
-        .send()
-        .await
-        .unwrap();
+    let res = app.logout(&t.access).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(app.verify_status(&t.access).await, StatusCode::UNAUTHORIZED);
 }

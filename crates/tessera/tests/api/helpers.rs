@@ -58,8 +58,13 @@ pub async fn backend_env() -> Vec<(String, String)> {
 
 /// Redis + PostgreSQL settings with a private key prefix and database.
 pub async fn redis_postgres_env() -> Vec<(String, String)> {
+    redis_postgres_env_on(crate::servers::redis().url()).await
+}
+
+/// The same on the Redis at `redis_url` (a private server, a proxy, a cluster, a sentinel).
+pub async fn redis_postgres_env_on(redis_url: String) -> Vec<(String, String)> {
     vec![
-        ("TESSERA_REDIS_URL".into(), crate::servers::redis().url()),
+        ("TESSERA_REDIS_URL".into(), redis_url),
         (
             "TESSERA_REDIS_KEY_PREFIX".into(),
             crate::servers::unique_prefix(),
@@ -227,6 +232,16 @@ impl TestApp {
         self.client
             .post(self.url("/token"))
             .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh)])
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// `POST /logout` (this session) with this token.
+    pub async fn logout(&self, access: &str) -> Response {
+        self.client
+            .post(self.url("/logout"))
+            .bearer_auth(access)
             .send()
             .await
             .expect("request")

@@ -32,13 +32,7 @@ async fn the_original_flow_login_profile_logout_then_profile_is_401() {
     }
     assert!(profile["created_at"].as_str().unwrap().ends_with('Z'));
 
-    let res = app
-        .client
-        .post(app.url("/logout"))
-        .bearer_auth(&t.access)
-        .send()
-        .await
-        .unwrap();
+    let res = app.logout(&t.access).await;
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(
         res.json::<Value>().await.unwrap(),

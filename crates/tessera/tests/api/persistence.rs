@@ -80,13 +80,7 @@ async fn a_store_that_does_not_answer_in_time_gives_503_never_401() {
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(res.headers()["retry-after"], "1");
     assert_eq!(error_code(res).await, "store_unavailable");
-    let res = app
-        .client
-        .post(app.url("/logout"))
-        .bearer_auth(&t.access)
-        .send()
-        .await
-        .unwrap();
+    let res = app.logout(&t.access).await;
     assert_eq!(
         res.status(),
         StatusCode::SERVICE_UNAVAILABLE,

@@ -33,13 +33,7 @@ async fn log_in_on_a_verify_on_b_log_out_on_c() {
         StatusCode::OK
     );
 
-    let res = c
-        .client
-        .post(c.url("/logout"))
-        .bearer_auth(&t.access)
-        .send()
-        .await
-        .unwrap();
+    let res = c.logout(&t.access).await;
     assert_eq!(res.status(), StatusCode::OK);
     for app in [&a, &b, &c] {
         assert_eq!(app.verify_status(&t.access).await, StatusCode::UNAUTHORIZED);
@@ -190,17 +184,7 @@ async fn a_user_change_on_one_instance_invalidates_the_profile_cache_of_all() {
 
 #[tokio::test]
 async fn the_service_works_on_redis_cluster() {
-    let backend = vec![
-        ("TESSERA_REDIS_URL".to_owned(), servers::cluster().url()),
-        (
-            "TESSERA_REDIS_KEY_PREFIX".to_owned(),
-            servers::unique_prefix(),
-        ),
-        (
-            "TESSERA_DATABASE_URL".to_owned(),
-            servers::postgres().fresh_database().await,
-        ),
-    ];
+    let backend = redis_postgres_env_on(servers::cluster().url()).await;
     let app = spawn_in(Arc::new(tempfile::tempdir().unwrap()), backend, &[]).await;
     // Users spread over the cluster's slots: every per-user script must run.
     for i in 0..6 {
@@ -223,17 +207,7 @@ async fn the_service_works_on_redis_cluster() {
 #[tokio::test]
 async fn the_service_survives_a_killed_sentinel_master_under_traffic() {
     let mut topo = servers::RedisSentinel::start();
-    let backend = vec![
-        ("TESSERA_REDIS_URL".to_owned(), topo.url()),
-        (
-            "TESSERA_REDIS_KEY_PREFIX".to_owned(),
-            servers::unique_prefix(),
-        ),
-        (
-            "TESSERA_DATABASE_URL".to_owned(),
-            servers::postgres().fresh_database().await,
-        ),
-    ];
+    let backend = redis_postgres_env_on(topo.url()).await;
     let app = Arc::new(spawn_in(Arc::new(tempfile::tempdir().unwrap()), backend, &[]).await);
     let t = app.login("admin", ADMIN_PASSWORD).await;
     topo.wait_for_replication();
@@ -348,17 +322,7 @@ fn redis_calls(port: u16, command: &str) -> u64 {
 async fn with_the_session_cache_verification_skips_redis_and_a_logout_elsewhere_lands_in_milliseconds()
  {
     let redis = servers::RedisProcess::start(&[]);
-    let backend = vec![
-        ("TESSERA_REDIS_URL".to_owned(), redis.url()),
-        (
-            "TESSERA_REDIS_KEY_PREFIX".to_owned(),
-            servers::unique_prefix(),
-        ),
-        (
-            "TESSERA_DATABASE_URL".to_owned(),
-            servers::postgres().fresh_database().await,
-        ),
-    ];
+    let backend = redis_postgres_env_on(redis.url()).await;
     let env = [("TESSERA_SESSION_CACHE_TTL", "60s")];
     let a = spawn_in(
         Arc::new(tempfile::tempdir().unwrap()),
@@ -388,13 +352,7 @@ async fn with_the_session_cache_verification_skips_redis_and_a_logout_elsewhere_
     }
 
     // A logout on A reaches B's memory through Redis's invalidation push.
-    let res = a
-        .client
-        .post(a.url("/logout"))
-        .bearer_auth(&t.access)
-        .send()
-        .await
-        .unwrap();
+    let res = a.logout(&t.access).await;
     assert_eq!(res.status(), StatusCode::OK);
     let logged_out = Instant::now();
     let mut verifications = 0;
