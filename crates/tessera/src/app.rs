@@ -294,7 +294,9 @@ impl Application {
             flag.store(true, Ordering::SeqCst);
             tracing::info!("shutting down: draining in-flight requests");
         };
-        let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
+        let app = axum::ServiceExt::into_make_service_with_connect_info::<SocketAddr>(
+            http::service(state),
+        );
         let handle = axum_server::Handle::new();
         let drain = {
             let handle = handle.clone();

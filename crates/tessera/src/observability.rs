@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::Response;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -61,16 +60,29 @@ pub fn spawn_upkeep() -> tokio::task::JoinHandle<()> {
 
 /// Request count and latency per route (the route pattern, never the raw path, so ids do not
 /// explode the label space; unknown methods count as `OTHER` for the same reason).
-pub async fn track_http(req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = method_label(req.method());
-    let route = req.extensions().get::<MatchedPath>().cloned();
-    let res = next.run(req).await;
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    let (count, latency) = http_metrics(method, route, res.status().as_u16());
-    count.increment(1);
-    latency.record(started.elapsed().as_secs_f64());
-    res
+pub struct HttpTracker {
+    started: Instant,
+    method: &'static str,
+    route: Option<MatchedPath>,
+}
+
+impl HttpTracker {
+    /// Starts timing a routed request.
+    pub fn start(req: &Request) -> Self {
+        Self {
+            started: Instant::now(),
+            method: method_label(req.method()),
+            route: req.extensions().get::<MatchedPath>().cloned(),
+        }
+    }
+
+    /// Counts the answer and records the latency.
+    pub fn finish(self, res: &Response) {
+        let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        let (count, latency) = http_metrics(self.method, route, res.status().as_u16());
+        count.increment(1);
+        latency.record(self.started.elapsed().as_secs_f64());
+    }
 }
 
 fn method_label(m: &Method) -> &'static str {

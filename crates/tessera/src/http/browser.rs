@@ -238,29 +238,23 @@ pub fn form_field(body: &[u8], name: &str) -> Option<String> {
     pairs.into_iter().find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
+/// The policy for HTML: our pages need nothing beyond 'self' (Swagger UI's own is in
+/// [`super::openapi`]).
+pub const PAGE_CSP: &str = "default-src 'self'; img-src 'self' data:; object-src 'none'; \
+     base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
 /// Security headers on every response (`nosniff`, a referrer policy, `no-store` unless the
-/// handler set a cache policy); HTML also gets the CSP and `X-Frame-Options`.
-pub async fn security_headers(req: Request, next: Next) -> Response {
-    let docs = req.uri().path().starts_with("/docs");
-    let mut res = next.run(req).await;
+/// handler set a cache policy); HTML also gets a CSP (unless its route set one) and
+/// `X-Frame-Options`.
+pub fn security_headers(mut res: Response) -> Response {
     let h = res.headers_mut();
     let is_html = h
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/html"));
     if is_html {
-        // Swagger UI sets inline styles; our own pages need nothing beyond 'self'.
-        let csp = if docs {
-            "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; \
-             object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-        } else {
-            "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; \
-             form-action 'self'; frame-ancestors 'none'"
-        };
-        h.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(csp),
-        );
+        h.entry(header::CONTENT_SECURITY_POLICY)
+            .or_insert(HeaderValue::from_static(PAGE_CSP));
         h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     }
     h.insert(

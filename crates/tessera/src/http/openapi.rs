@@ -9,6 +9,9 @@ use utoipa::openapi::security::{
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::{Config, SwaggerUi};
 
+use axum::http::{HeaderValue, header};
+use tower_http::set_header::SetResponseHeaderLayer;
+
 use super::api;
 
 /// The API document.
@@ -93,12 +96,22 @@ pub fn document() -> utoipa::openapi::OpenApi {
 }
 
 /// Swagger UI at `/docs` and the document at `/openapi.json`.
-pub fn swagger() -> SwaggerUi {
-    SwaggerUi::new("/docs")
-        .url("/openapi.json", document())
-        .config(
-            Config::new(["/openapi.json"])
-                .validator_url("none")
-                .persist_authorization(false),
-        )
+pub fn swagger() -> axum::Router<super::AppState> {
+    // Swagger UI sets inline styles.
+    const DOCS_CSP: &str = "default-src 'self'; img-src 'self' data:; \
+         style-src 'self' 'unsafe-inline'; object-src 'none'; base-uri 'none'; \
+         form-action 'self'; frame-ancestors 'none'";
+    axum::Router::from(
+        SwaggerUi::new("/docs")
+            .url("/openapi.json", document())
+            .config(
+                Config::new(["/openapi.json"])
+                    .validator_url("none")
+                    .persist_authorization(false),
+            ),
+    )
+    .layer(SetResponseHeaderLayer::overriding(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(DOCS_CSP),
+    ))
 }

@@ -64,6 +64,17 @@ async fn swagger_ui_is_served_from_the_binary_without_off_host_urls() {
     assert!(res.status().is_redirection());
     let res = app.client.get(app.url("/docs/")).send().await.unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+    // Swagger UI needs inline styles, and only it: the pages' policy stays strict.
+    let csp = res.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("style-src 'self' 'unsafe-inline'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert_eq!(res.headers()["x-frame-options"], "DENY");
+    assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+    let page = app.client.get(app.url("/login")).send().await.unwrap();
+    let page_csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(!page_csp.contains("unsafe-inline"), "{page_csp}");
     let html = res.text().await.unwrap();
     assert!(
         !html.contains("http://") && !html.contains("https://"),
