@@ -163,8 +163,12 @@ impl tower_http::request_id::MakeRequestId for RequestIds {
         _: &axum::http::Request<B>,
     ) -> Option<tower_http::request_id::RequestId> {
         let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = format!("{:016x}{n:016x}", self.prefix);
-        axum::http::HeaderValue::from_str(&id)
+        let mut raw = [0u8; 16];
+        raw[..8].copy_from_slice(&self.prefix.to_be_bytes());
+        raw[8..].copy_from_slice(&n.to_be_bytes());
+        let mut id = [0u8; 32];
+        hex::encode_to_slice(raw, &mut id).ok()?;
+        axum::http::HeaderValue::from_bytes(&id)
             .ok()
             .map(tower_http::request_id::RequestId::new)
     }
@@ -195,5 +199,30 @@ pub fn store_call<T, E>(store: &'static str, started: Instant, result: &Result<T
     latency.record(started.elapsed().as_secs_f64());
     if result.is_err() {
         errors.increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tower_http::request_id::MakeRequestId as _;
+
+    use super::*;
+
+    #[test]
+    fn request_ids_are_32_hex_digits_and_never_repeat() {
+        let mut ids = RequestIds::default();
+        let req = axum::http::Request::new(());
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..1000 {
+            let id = ids.make_request_id(&req).map(|id| id.into_header_value());
+            let id = id
+                .as_ref()
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            assert_eq!(id.len(), 32, "{id}");
+            assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+            assert!(seen.insert(id), "a repeated id");
+        }
     }
 }

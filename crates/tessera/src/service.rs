@@ -16,7 +16,7 @@ use crate::domain::cookie::{self, LoginCsrf, SessionCookie};
 use crate::domain::jwt::{Claims, KeyRing, Keys, SigningAlg, TokenError, TokenSettings};
 use crate::domain::password::{self, HashError, PasswordHasher, Verification, WeakPassword};
 use crate::domain::refresh::RefreshToken;
-use crate::domain::session::{RefreshState, Session, SessionId, clip_user_agent};
+use crate::domain::session::{ActiveSession, RefreshState, Session, SessionId, clip_user_agent};
 use crate::domain::user::{InvalidRole, InvalidUsername, Role, Roles, User, UserId, Username};
 use crate::store::{
     CachedProfile, KeyStore, LimitStore, ProfileCache, RefreshPresentation, Rotation, SessionStore,
@@ -149,11 +149,11 @@ pub struct Principal {
 }
 
 impl Principal {
-    fn from_session(s: &Session, via_cookie: bool) -> Self {
+    fn from_session(s: ActiveSession, via_cookie: bool) -> Self {
         Self {
             user_id: s.user_id,
-            username: s.username.clone(),
-            roles: s.roles.clone(),
+            username: s.username,
+            roles: s.roles,
             session_id: s.id,
             via_cookie,
         }
@@ -678,7 +678,7 @@ impl Auth {
             .await?
             .ok_or(AuthError::InvalidToken)?;
         self.record_use(&session, now).await?;
-        Ok(Principal::from_session(&session, false))
+        Ok(Principal::from_session(session, false))
     }
 
     /// Authenticates the browser's session cookie; slides the idle expiry like a bearer token.
@@ -695,12 +695,12 @@ impl Auth {
             return Err(AuthError::InvalidToken);
         }
         self.record_use(&session, now).await?;
-        Ok(Principal::from_session(&session, true))
+        Ok(Principal::from_session(session, true))
     }
 
     /// Slides a session's idle expiry after a use, writing at most once per touch interval: the
     /// one place both credentials (bearer token, cookie) record activity.
-    async fn record_use(&self, session: &Session, now: Timestamp) -> Result<(), AuthError> {
+    async fn record_use(&self, session: &ActiveSession, now: Timestamp) -> Result<(), AuthError> {
         if session.needs_touch(now, self.policy.idle_timeout) {
             let idle = session.slid_idle_expiry(now, self.policy.idle_timeout);
             self.sessions

@@ -1,7 +1,7 @@
 //! JSON routes (API.md §2).
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
@@ -307,13 +307,25 @@ pub async fn logout(
         (status = 401, description = "No valid token or cookie (never a redirect)", body = ErrorResponse),
         (status = 503, description = "Store unavailable", body = ErrorResponse)))]
 pub async fn verify(Authenticated(who): Authenticated) -> Response {
+    const USER: HeaderName = HeaderName::from_static("x-auth-user");
+    const USER_ID: HeaderName = HeaderName::from_static("x-auth-user-id");
+    const ROLES: HeaderName = HeaderName::from_static("x-auth-roles");
+    const SESSION: HeaderName = HeaderName::from_static("x-auth-session");
+    let value = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
+    // Ids are encoded on the stack: this answers every request of every app behind tessera.
+    let mut buf = uuid::Uuid::encode_buffer();
     let mut res = StatusCode::OK.into_response();
     let h = res.headers_mut();
-    let value = |s: &str| HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""));
-    h.insert("x-auth-user", value(who.username.as_str()));
-    h.insert("x-auth-user-id", value(&who.user_id.to_string()));
-    h.insert("x-auth-roles", value(&who.roles.to_csv()));
-    h.insert("x-auth-session", value(&who.session_id.to_string()));
+    h.insert(USER, value(who.username.as_str()));
+    h.insert(
+        USER_ID,
+        value(who.user_id.0.hyphenated().encode_lower(&mut buf)),
+    );
+    h.insert(ROLES, value(&who.roles.to_csv()));
+    h.insert(
+        SESSION,
+        value(who.session_id.0.hyphenated().encode_lower(&mut buf)),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     res
 }

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 
 use crate::domain::clock::Timestamp;
 use crate::domain::jwt::KeyRing;
-use crate::domain::session::{Session, SessionId};
+use crate::domain::session::{ActiveSession, Session, SessionId};
 use crate::domain::user::{Roles, User, UserId, Username};
 
 /// Every store the service needs, chosen once at start-up (see `app::open_stores`).
@@ -132,13 +132,13 @@ pub trait SessionStore: Send + Sync + 'static {
         max_per_user: usize,
         now: Timestamp,
     ) -> Result<Vec<SessionId>, StoreError>;
-    /// A live session of `user`.
+    /// A live session of `user`, as authentication reads it (the hot path: one round trip).
     async fn get(
         &self,
         user: UserId,
         id: SessionId,
         now: Timestamp,
-    ) -> Result<Option<Session>, StoreError>;
+    ) -> Result<Option<ActiveSession>, StoreError>;
     /// Records a use: `last_seen_at` and the slid idle expiry.
     async fn touch(
         &self,

@@ -30,7 +30,7 @@ use super::{
 };
 use crate::domain::clock::Timestamp;
 use crate::domain::jwt::KeyRing;
-use crate::domain::session::{RefreshState, Session, SessionId};
+use crate::domain::session::{ActiveSession, RefreshState, Session, SessionId};
 use crate::domain::user::{Roles, UserId, Username};
 
 /// Where the Redis deployment is, parsed from `redis_url`.
@@ -429,8 +429,17 @@ impl RedisStore {
         format!("{}:{{u:{}}}", self.prefix, user.0.simple())
     }
 
+    /// `<prefix>:{u:<user>}:s:<id>`, built without the formatting machinery and with one
+    /// allocation: it is on every verification.
     fn session_key(&self, user: UserId, id: SessionId) -> String {
-        format!("{}:s:{}", self.user_tag(user), id.0.simple())
+        let mut buf = uuid::Uuid::encode_buffer();
+        let mut key = String::with_capacity(self.prefix.len() + 76);
+        key.push_str(&self.prefix);
+        key.push_str(":{u:");
+        key.push_str(user.0.simple().encode_lower(&mut buf));
+        key.push_str("}:s:");
+        key.push_str(id.0.simple().encode_lower(&mut buf));
+        key
     }
 
     fn session_prefix(&self, user: UserId) -> String {
@@ -488,12 +497,11 @@ fn field<'a>(flat: &'a [Vec<u8>], name: &str) -> Option<&'a [u8]> {
         .map(|kv| kv[1].as_slice())
 }
 
-/// Every field a session hash may have, in the order [`RedisStore::get`] asks for them with
-/// `HMGET` (half the reply of `HGETALL`, which also sends the field names: parsing the reply was
-/// a sixth of a verification's instructions).
-const SESSION_FIELDS: [&str; 13] = [
-    "u", "r", "c", "l", "i", "a", "g", "h", "p", "t", "ua", "ip", "k",
-];
+/// The fields authentication reads ([`ActiveSession`]), in the order [`RedisStore::get`] asks
+/// for them with `HMGET`: half the reply of `HGETALL` (which also sends the field names and the
+/// fields only the session list and `/token` need). Parsing redis replies is a large part of a
+/// verification's instructions.
+const ACTIVE_FIELDS: [&str; 6] = ["u", "r", "l", "i", "a", "k"];
 
 fn parse_session_pairs(
     user: UserId,
@@ -503,66 +511,96 @@ fn parse_session_pairs(
     if flat.is_empty() {
         return Ok(None);
     }
-    parse_session(user, id, |k| field(flat, k))
+    Record::new(|k| field(flat, k)).session(user, id).map(Some)
 }
 
-fn parse_session_values(
+fn parse_active_values(
     user: UserId,
     id: SessionId,
     values: &[Option<Vec<u8>>],
-) -> Result<Option<Session>, StoreError> {
+) -> Result<Option<ActiveSession>, StoreError> {
     if values.iter().all(Option::is_none) {
         return Ok(None);
     }
-    parse_session(user, id, |k| {
-        let i = SESSION_FIELDS.iter().position(|f| *f == k)?;
+    Record::new(|k| {
+        let i = ACTIVE_FIELDS.iter().position(|f| *f == k)?;
         values.get(i)?.as_deref()
     })
+    .active(user, id)
+    .map(Some)
 }
 
-fn parse_session<'a>(
-    user: UserId,
-    id: SessionId,
-    field: impl Fn(&str) -> Option<&'a [u8]>,
-) -> Result<Option<Session>, StoreError> {
-    let corrupt =
-        |what: &str| StoreError::Unexpected(anyhow::anyhow!("corrupt redis session field {what}"));
-    let text = |k: &str| -> Result<&str, StoreError> {
-        let v = field(k).ok_or_else(|| corrupt(k))?;
-        std::str::from_utf8(v).map_err(|_| corrupt(k))
-    };
-    let int = |k: &str| -> Result<i64, StoreError> { text(k)?.parse().map_err(|_| corrupt(k)) };
-    let hash = |k: &str| -> Result<Option<[u8; 32]>, StoreError> {
-        field(k)
-            .map(|v| <[u8; 32]>::try_from(v).map_err(|_| corrupt(k)))
+/// A session hash read back, by field name.
+struct Record<F>(F);
+
+impl<'a, F: Fn(&str) -> Option<&'a [u8]>> Record<F> {
+    /// Reads fields through `field` (a name to its value).
+    fn new(field: F) -> Self {
+        Self(field)
+    }
+
+    fn corrupt(k: &str) -> StoreError {
+        StoreError::Unexpected(anyhow::anyhow!("corrupt redis session field {k}"))
+    }
+
+    fn text(&self, k: &str) -> Result<&'a str, StoreError> {
+        let v = (self.0)(k).ok_or_else(|| Self::corrupt(k))?;
+        std::str::from_utf8(v).map_err(|_| Self::corrupt(k))
+    }
+
+    fn time(&self, k: &str) -> Result<Timestamp, StoreError> {
+        let ms = self.text(k)?.parse().map_err(|_| Self::corrupt(k))?;
+        Ok(Timestamp::from_millis(ms))
+    }
+
+    fn hash(&self, k: &str) -> Result<Option<[u8; 32]>, StoreError> {
+        (self.0)(k)
+            .map(|v| <[u8; 32]>::try_from(v).map_err(|_| Self::corrupt(k)))
             .transpose()
-    };
-    let opt_text = |k: &str| {
-        field(k)
+    }
+
+    fn opt_text(&self, k: &str) -> Option<String> {
+        (self.0)(k)
             .and_then(|v| std::str::from_utf8(v).ok())
             .map(str::to_owned)
-    };
-    Ok(Some(Session {
-        id,
-        user_id: user,
-        username: Username::parse(text("u")?).map_err(|_| corrupt("u"))?,
-        roles: Roles::from_csv(text("r")?),
-        created_at: Timestamp::from_millis(int("c")?),
-        last_seen_at: Timestamp::from_millis(int("l")?),
-        idle_expires_at: Timestamp::from_millis(int("i")?),
-        absolute_expires_at: Timestamp::from_millis(int("a")?),
-        user_agent: opt_text("ua"),
-        ip: opt_text("ip"),
-        refresh: RefreshState {
-            generation: u64::try_from(int("g")?).map_err(|_| corrupt("g"))?,
-            hash: hash("h")?.ok_or_else(|| corrupt("h"))?,
-            prev_hash: hash("p")?,
-            rotated_at: field("t")
-                .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok())
-                .map(Timestamp::from_millis),
-        },
-        cookie_hash: hash("k")?,
-    }))
+    }
+
+    fn active(&self, user: UserId, id: SessionId) -> Result<ActiveSession, StoreError> {
+        Ok(ActiveSession {
+            id,
+            user_id: user,
+            username: Username::parse(self.text("u")?).map_err(|_| Self::corrupt("u"))?,
+            roles: Roles::from_csv(self.text("r")?),
+            last_seen_at: self.time("l")?,
+            idle_expires_at: self.time("i")?,
+            absolute_expires_at: self.time("a")?,
+            cookie_hash: self.hash("k")?,
+        })
+    }
+
+    fn session(&self, user: UserId, id: SessionId) -> Result<Session, StoreError> {
+        let active = self.active(user, id)?;
+        let generation = self.text("g")?.parse().map_err(|_| Self::corrupt("g"))?;
+        Ok(Session {
+            id,
+            user_id: user,
+            username: active.username,
+            roles: active.roles,
+            created_at: self.time("c")?,
+            last_seen_at: active.last_seen_at,
+            idle_expires_at: active.idle_expires_at,
+            absolute_expires_at: active.absolute_expires_at,
+            user_agent: self.opt_text("ua"),
+            ip: self.opt_text("ip"),
+            refresh: RefreshState {
+                generation,
+                hash: self.hash("h")?.ok_or_else(|| Self::corrupt("h"))?,
+                prev_hash: self.hash("p")?,
+                rotated_at: self.time("t").ok(),
+            },
+            cookie_hash: active.cookie_hash,
+        })
+    }
 }
 
 /// Creates a session and evicts the oldest live ones beyond the limit, pruning the index.
@@ -733,7 +771,7 @@ impl SessionStore for RedisStore {
         user: UserId,
         id: SessionId,
         now: Timestamp,
-    ) -> Result<Option<Session>, StoreError> {
+    ) -> Result<Option<ActiveSession>, StoreError> {
         let ticket = match &self.cache {
             Some(cache) => {
                 if let Some(s) = cache.get(user, id).filter(|s| s.is_alive(now)) {
@@ -748,12 +786,12 @@ impl SessionStore for RedisStore {
             .run(|mut c| async move {
                 redis::cmd("HMGET")
                     .arg(&key)
-                    .arg(&SESSION_FIELDS[..])
+                    .arg(&ACTIVE_FIELDS[..])
                     .query_async(&mut c)
                     .await
             })
             .await?;
-        let session = parse_session_values(user, id, &values)?;
+        let session = parse_active_values(user, id, &values)?;
         if let (Some(cache), Some(ticket), Some(s)) = (&self.cache, ticket, &session) {
             cache.insert(ticket, s);
         }

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use redis::{PushInfo, PushKind, Value};
 
-use crate::domain::session::{Session, SessionId};
+use crate::domain::session::{ActiveSession, SessionId};
 use crate::domain::user::UserId;
 
 const SHARDS: usize = 64;
@@ -40,7 +40,7 @@ pub struct Ticket {
 
 /// The cache (see the module docs). Cheap to share behind an `Arc`.
 pub struct SessionCache {
-    entries: moka::sync::Cache<(UserId, SessionId), Session>,
+    entries: moka::sync::Cache<(UserId, SessionId), ActiveSession>,
     invalidations: [AtomicU64; SHARDS],
     tracking: AtomicBool,
     /// `<prefix>:{u:`: the tracked key prefix.
@@ -68,7 +68,7 @@ impl SessionCache {
     }
 
     /// The cached record, if the cache is trustworthy right now.
-    pub fn get(&self, user: UserId, id: SessionId) -> Option<Session> {
+    pub fn get(&self, user: UserId, id: SessionId) -> Option<ActiveSession> {
         if !self.tracking.load(Ordering::Acquire) {
             return None;
         }
@@ -85,7 +85,7 @@ impl SessionCache {
     }
 
     /// Keeps what a read returned, unless an invalidation may have overtaken it.
-    pub fn insert(&self, ticket: Ticket, session: &Session) {
+    pub fn insert(&self, ticket: Ticket, session: &ActiveSession) {
         if !self.tracking.load(Ordering::Acquire) {
             return;
         }
@@ -236,33 +236,23 @@ async fn track(
 mod tests {
     use super::*;
     use crate::domain::clock::Timestamp;
-    use crate::domain::session::RefreshState;
     use crate::domain::user::{Roles, Username};
 
-    fn session() -> Session {
+    fn session() -> ActiveSession {
         let now = Timestamp::from_millis(1_000);
-        Session {
+        ActiveSession {
             id: SessionId(uuid::Uuid::new_v4()),
             user_id: UserId(uuid::Uuid::new_v4()),
             username: Username::parse("alice").unwrap_or_else(|_| unreachable!()),
             roles: Roles::from_csv(""),
-            created_at: now,
             last_seen_at: now,
             idle_expires_at: now,
             absolute_expires_at: now,
-            user_agent: None,
-            ip: None,
-            refresh: RefreshState {
-                generation: 0,
-                hash: [0; 32],
-                prev_hash: None,
-                rotated_at: None,
-            },
             cookie_hash: None,
         }
     }
 
-    fn key(s: &Session) -> Vec<u8> {
+    fn key(s: &ActiveSession) -> Vec<u8> {
         format!("p:{{u:{}}}:s:{}", s.user_id.0.simple(), s.id.0.simple()).into_bytes()
     }
 

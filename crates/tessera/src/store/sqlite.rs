@@ -17,7 +17,7 @@ use sqlx::{Row as _, SqliteConnection};
 
 use super::{RefreshPresentation, Rotation, SessionStore, StoreError, UserStore};
 use crate::domain::clock::Timestamp;
-use crate::domain::session::{RefreshState, RotationDecision, Session, SessionId};
+use crate::domain::session::{ActiveSession, RefreshState, RotationDecision, Session, SessionId};
 use crate::domain::user::{Roles, User, UserId, Username};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -137,6 +137,25 @@ fn session_from_row(row: &SqliteRow) -> Result<Session, sqlx::Error> {
                 .try_get::<Option<i64>, _>("rotated_at")?
                 .map(Timestamp::from_millis),
         },
+        cookie_hash: hash32(row.try_get("cookie_hash")?)?,
+    })
+}
+
+fn active_from_row(
+    row: &SqliteRow,
+    user: UserId,
+    id: SessionId,
+) -> Result<ActiveSession, sqlx::Error> {
+    let username: String = row.try_get("username")?;
+    Ok(ActiveSession {
+        id,
+        user_id: user,
+        username: Username::parse(&username)
+            .map_err(|_| sqlx::Error::Decode("corrupt session username".into()))?,
+        roles: Roles::from_csv(row.try_get("roles")?),
+        last_seen_at: Timestamp::from_millis(row.try_get("last_seen_at")?),
+        idle_expires_at: Timestamp::from_millis(row.try_get("idle_expires_at")?),
+        absolute_expires_at: Timestamp::from_millis(row.try_get("absolute_expires_at")?),
         cookie_hash: hash32(row.try_get("cookie_hash")?)?,
     })
 }
@@ -304,13 +323,12 @@ impl SessionStore for SqliteStore {
         user: UserId,
         id: SessionId,
         now: Timestamp,
-    ) -> Result<Option<Session>, StoreError> {
+    ) -> Result<Option<ActiveSession>, StoreError> {
         let row = self
             .deadline(
                 sqlx::query(
-                    "SELECT id, user_id, username, roles, created_at, last_seen_at, \
-                     idle_expires_at, absolute_expires_at, user_agent, ip, refresh_generation, \
-                     refresh_hash, prev_refresh_hash, rotated_at, cookie_hash \
+                    "SELECT username, roles, last_seen_at, idle_expires_at, \
+                     absolute_expires_at, cookie_hash \
                      FROM sessions WHERE id = ? AND user_id = ? AND expires_at > ?",
                 )
                 .bind(id.to_string())
@@ -320,7 +338,7 @@ impl SessionStore for SqliteStore {
             )
             .await?;
         row.as_ref()
-            .map(session_from_row)
+            .map(|r| active_from_row(r, user, id))
             .transpose()
             .map_err(map_err)
     }

@@ -117,7 +117,13 @@ pub async fn a_created_session_reads_back_identically(s: &Stores) {
     assert!(s.sessions.create(&sess, 10, t(0)).await.unwrap().is_empty());
     assert_eq!(
         s.sessions.get(u, sess.id, t(1)).await.unwrap(),
-        Some(sess.clone())
+        Some(sess.active()),
+        "authentication reads its part of the record"
+    );
+    assert_eq!(
+        s.sessions.list(u, t(1)).await.unwrap(),
+        vec![sess.clone()],
+        "the whole record"
     );
     assert_eq!(
         s.sessions.get(UserId::new(), sess.id, t(1)).await.unwrap(),
