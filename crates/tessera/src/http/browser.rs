@@ -246,7 +246,7 @@ pub const PAGE_CSP: &str = "default-src 'self'; img-src 'self' data:; object-src
 /// Security headers on every response (`nosniff`, a referrer policy, `no-store` unless the
 /// handler set a cache policy); HTML also gets a CSP (unless its route set one) and
 /// `X-Frame-Options`.
-pub fn security_headers(mut res: Response) -> Response {
+pub fn security_headers<B>(mut res: axum::http::Response<B>) -> axum::http::Response<B> {
     let h = res.headers_mut();
     let is_html = h
         .get(header::CONTENT_TYPE)

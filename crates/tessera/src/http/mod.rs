@@ -146,7 +146,7 @@ where
                 tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
             }),
         )
-        .map_response(|res: Response<_>| browser::security_headers(res.map(axum::body::Body::new)))
+        .map_response(browser::security_headers)
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .layer(DefaultBodyLimit::max(max_body))
