@@ -294,8 +294,9 @@ impl Application {
             flag.store(true, Ordering::SeqCst);
             tracing::info!("shutting down: draining in-flight requests");
         };
+        let max_body = state.http.max_body_bytes;
         let app = axum::ServiceExt::into_make_service_with_connect_info::<SocketAddr>(
-            http::service(state),
+            http::service(http::router(state), max_body),
         );
         let handle = axum_server::Handle::new();
         let drain = {

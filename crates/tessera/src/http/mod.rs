@@ -112,12 +112,13 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The whole HTTP service: [`router`] inside the edge middleware, outermost first: request id
-/// (made when absent, echoed on the answer), credentials redacted from logs, a span per request,
-/// the header policy on every answer (timeouts and panics included), panics turned into an
-/// opaque 500, the request deadline, the body limit.
+/// The whole HTTP service: `routes` ([`router`]) inside the edge middleware, outermost first:
+/// request id (made when absent, echoed on the answer), credentials redacted from logs, a span
+/// per request, the header policy on every answer (timeouts and panics included), panics turned
+/// into an opaque 500, the request deadline, the body limit.
 pub fn service<B>(
-    state: AppState,
+    routes: Router,
+    max_body: usize,
 ) -> impl Service<
     Request<B>,
     Response = Response<
@@ -135,7 +136,6 @@ where
     B: axum::body::HttpBody<Data = axum::body::Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
 {
-    let max_body = state.http.max_body_bytes;
     ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(REQUEST_ID, crate::observability::RequestIds::default()))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
@@ -150,7 +150,7 @@ where
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .layer(DefaultBodyLimit::max(max_body))
-        .service(router(state))
+        .service(routes)
 }
 
 /// The per-route middleware: the CSRF guard, timed and counted under the matched route.
@@ -192,13 +192,11 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_panicking_handler_becomes_an_opaque_500_json() {
+    async fn a_panicking_handler_becomes_an_opaque_500_json_under_the_header_policy() {
         async fn boom() -> &'static str {
             panic!("secret detail from a bug")
         }
-        let app = Router::new()
-            .route("/boom", get(boom))
-            .layer(CatchPanicLayer::custom(panic_response));
+        let app = service(Router::new().route("/boom", get(boom)), 1024);
         let res = app
             .oneshot(
                 Request::get("/boom")
@@ -208,7 +206,17 @@ mod tests {
             .await;
         let res = res.unwrap_or_else(|e| match e {});
         assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        let body = axum::body::to_bytes(res.into_body(), 1024)
+        let h = res.headers();
+        assert_eq!(
+            h.get(header::X_CONTENT_TYPE_OPTIONS).map(|v| v.as_bytes()),
+            Some(&b"nosniff"[..])
+        );
+        assert_eq!(
+            h.get(header::CACHE_CONTROL).map(|v| v.as_bytes()),
+            Some(&b"no-store"[..])
+        );
+        assert!(h.contains_key(&REQUEST_ID), "{h:?}");
+        let body = axum::body::to_bytes(axum::body::Body::new(res.into_body()), 1024)
             .await
             .unwrap_or_default();
         let text = String::from_utf8_lossy(&body);

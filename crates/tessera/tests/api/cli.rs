@@ -314,13 +314,12 @@ async fn an_invalid_setting_stops_start_up_naming_the_key_and_its_source() {
         return; // a process-level test of the embedded default
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = tokio::task::spawn_blocking({
+    let serve_with_ttl = |ttl: &'static str| {
         let mut cmd = tessera(dir.path());
-        cmd.env("TESSERA_ACCESS_TOKEN_TTL", "forever").arg("serve");
-        move || cmd.output().unwrap()
-    })
-    .await
-    .unwrap();
+        cmd.env("TESSERA_ACCESS_TOKEN_TTL", ttl).arg("serve");
+        tokio::task::spawn_blocking(move || cmd.output().unwrap())
+    };
+    let out = serve_with_ttl("forever").await.unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -329,13 +328,7 @@ async fn an_invalid_setting_stops_start_up_naming_the_key_and_its_source() {
     );
 
     // A duration too long for the caches' arithmetic was a panic (exit 101) at start-up.
-    let out = tokio::task::spawn_blocking({
-        let mut cmd = tessera(dir.path());
-        cmd.env("TESSERA_ACCESS_TOKEN_TTL", "400000d").arg("serve");
-        move || cmd.output().unwrap()
-    })
-    .await
-    .unwrap();
+    let out = serve_with_ttl("400000d").await.unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
