@@ -296,7 +296,7 @@ impl Application {
         };
         let max_body = state.http.max_body_bytes;
         let app = axum::ServiceExt::into_make_service_with_connect_info::<SocketAddr>(
-            http::service(http::router(state), max_body),
+            http::service(http::Routes::new(state), max_body),
         );
         let handle = axum_server::Handle::new();
         let drain = {

@@ -63,7 +63,12 @@ pub fn spawn_upkeep() -> tokio::task::JoinHandle<()> {
 pub struct HttpTracker {
     started: Instant,
     method: &'static str,
-    route: Option<MatchedPath>,
+    route: Route,
+}
+
+enum Route {
+    Matched(MatchedPath),
+    Fixed(&'static str),
 }
 
 impl HttpTracker {
@@ -72,13 +77,29 @@ impl HttpTracker {
         Self {
             started: Instant::now(),
             method: method_label(req.method()),
-            route: req.extensions().get::<MatchedPath>().cloned(),
+            route: req
+                .extensions()
+                .get::<MatchedPath>()
+                .cloned()
+                .map_or(Route::Fixed("unmatched"), Route::Matched),
+        }
+    }
+
+    /// Starts timing a request to `route` that did not go through the router.
+    pub fn fixed(method: &Method, route: &'static str) -> Self {
+        Self {
+            started: Instant::now(),
+            method: method_label(method),
+            route: Route::Fixed(route),
         }
     }
 
     /// Counts the answer and records the latency.
     pub fn finish(self, res: &Response) {
-        let route = self.route.as_ref().map_or("unmatched", MatchedPath::as_str);
+        let route = match &self.route {
+            Route::Matched(m) => m.as_str(),
+            Route::Fixed(r) => r,
+        };
         let (count, latency) = http_metrics(self.method, route, res.status().as_u16());
         count.increment(1);
         latency.record(self.started.elapsed().as_secs_f64());

@@ -440,3 +440,78 @@ async fn a_slow_client_is_disconnected_after_the_header_timeout() {
     // The server keeps serving everyone else.
     assert_eq!(app.get_status("/healthz").await, StatusCode::OK);
 }
+
+/// `GET /verify` is answered before the router (the forward-auth fast path); everything around
+/// it must be as for any routed request: the edge headers, the metric under its route, and the
+/// router still owning `HEAD`, other methods and near-miss paths.
+#[tokio::test]
+async fn verify_keeps_the_edge_headers_metrics_and_routing_of_every_route() {
+    let app = spawn_app().await;
+    let t = app.login("admin", ADMIN_PASSWORD).await;
+    let bearer = format!("Bearer {}", t.access);
+
+    let res = app
+        .client
+        .get(app.url("/verify?rd=https%3A%2F%2Fapp.example%2F"))
+        .header("authorization", &bearer)
+        .header("x-request-id", "verify-trace-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let h = res.headers();
+    assert_eq!(h["x-auth-user"], "admin");
+    assert_eq!(h["x-request-id"], "verify-trace-1");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert_eq!(h["referrer-policy"], "same-origin");
+    assert_eq!(h["cache-control"], "no-store");
+    let res = app.client.get(app.url("/verify")).send().await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    assert!(res.headers().contains_key("x-request-id"));
+    assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(error_code(res).await, "unauthenticated");
+
+    let res = app
+        .client
+        .head(app.url("/verify"))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["x-auth-user"], "admin");
+    let res = app
+        .client
+        .post(app.url("/verify"))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(error_code(res).await, "method_not_allowed");
+    let res = app
+        .client
+        .get(app.url("/verify/"))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "tessera_http_requests_total{method=\"GET\",route=\"/verify\",status=\"200\"}",
+        "tessera_http_requests_total{method=\"GET\",route=\"/verify\",status=\"401\"}",
+        "tessera_http_requests_total{method=\"HEAD\",route=\"/verify\",status=\"200\"}",
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing from:\n{metrics}");
+    }
+}
