@@ -95,15 +95,7 @@ async fn swagger_ui_is_served_from_the_binary_without_off_host_urls() {
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{asset}");
     }
-    let init = app
-        .client
-        .get(app.url("/docs/swagger-initializer.js"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let init = app.get_text("/docs/swagger-initializer.js").await;
     assert!(
         init.contains("\"validatorUrl\": \"none\""),
         "the online validator is off"

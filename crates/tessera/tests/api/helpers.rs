@@ -182,6 +182,17 @@ impl TestApp {
             .status()
     }
 
+    /// The body of an unauthenticated `GET` (metrics, documents).
+    pub async fn get_text(&self, path: &str) -> String {
+        let res = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request");
+        res.text().await.expect("body")
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
         self.client
             .post(self.url(path))
