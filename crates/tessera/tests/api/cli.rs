@@ -357,3 +357,25 @@ async fn an_invalid_setting_stops_start_up_naming_the_key_and_its_source() {
         "{err}"
     );
 }
+
+/// jemalloc reads its options from an exported symbol whose name depends on the allocator
+/// crate's prefix; a wrong name is silently ignored, and the memory figures in the README
+/// depend on these options. `stats_print` makes jemalloc print the options in force at exit.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_binary_runs_on_jemalloc_with_its_configured_options() {
+    let out = Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .arg("--version")
+        .env("_RJEM_MALLOC_CONF", "stats_print:true")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stats = String::from_utf8_lossy(&out.stderr);
+    for option in [
+        "opt.narenas: 1",
+        "opt.dirty_decay_ms: 1000",
+        "opt.muzzy_decay_ms: 0",
+    ] {
+        assert!(stats.contains(option), "{option} missing from:\n{stats}");
+    }
+}
