@@ -86,7 +86,7 @@ pub struct Session {
 impl Session {
     /// When the session ends if nothing happens: the earlier of idle and absolute expiry.
     pub fn expires_at(&self) -> Timestamp {
-        self.idle_expires_at.min(self.absolute_expires_at)
+        end_of(self.idle_expires_at, self.absolute_expires_at)
     }
 
     /// Whether the session is usable at `now`.
@@ -96,7 +96,7 @@ impl Session {
 
     /// The idle expiry after a use at `now`, never past the absolute cap.
     pub fn slid_idle_expiry(&self, now: Timestamp, idle: Duration) -> Timestamp {
-        now.plus(idle).min(self.absolute_expires_at)
+        slid(now, idle, self.absolute_expires_at)
     }
 
     /// The part authentication reads.
@@ -112,6 +112,16 @@ impl Session {
             cookie_hash: self.cookie_hash,
         }
     }
+}
+
+/// The expiry rules, shared by [`Session`] and [`ActiveSession`]: a session ends at the earlier
+/// of its idle and absolute expiry, and a use slides the idle expiry up to the absolute one.
+fn end_of(idle_expires_at: Timestamp, absolute_expires_at: Timestamp) -> Timestamp {
+    idle_expires_at.min(absolute_expires_at)
+}
+
+fn slid(now: Timestamp, idle: Duration, absolute_expires_at: Timestamp) -> Timestamp {
+    now.plus(idle).min(absolute_expires_at)
 }
 
 /// What authenticating a request reads of a session: the identity `/verify` answers with, the
@@ -141,12 +151,12 @@ pub struct ActiveSession {
 impl ActiveSession {
     /// Whether the session is usable at `now`.
     pub fn is_alive(&self, now: Timestamp) -> bool {
-        now < self.idle_expires_at.min(self.absolute_expires_at)
+        now < end_of(self.idle_expires_at, self.absolute_expires_at)
     }
 
     /// The idle expiry after a use at `now`, never past the absolute cap.
     pub fn slid_idle_expiry(&self, now: Timestamp, idle: Duration) -> Timestamp {
-        now.plus(idle).min(self.absolute_expires_at)
+        slid(now, idle, self.absolute_expires_at)
     }
 
     /// Whether a use at `now` should be written back. Writes are throttled so a busy client does

@@ -1112,6 +1112,45 @@ impl ProfileCache for RedisStore {
 mod tests {
     use super::*;
 
+    /// A session key holding something else than our hash (another writer, a half-migrated
+    /// record) must be a store error, never a panic and never an authenticated session.
+    #[test]
+    fn session_replies_that_are_not_a_whole_record_are_refused() {
+        use redis::Value::{Array, BulkString, Int, Nil};
+        let (user, id) = (
+            UserId(uuid::Uuid::new_v4()),
+            SessionId(uuid::Uuid::new_v4()),
+        );
+        let bulk = |s: &str| BulkString(s.as_bytes().to_vec());
+        let whole = || {
+            vec![
+                bulk("alice"),
+                bulk("admin"),
+                bulk("1000"),
+                bulk("5000"),
+                bulk("9000"),
+                Nil,
+            ]
+        };
+        let parsed = parse_active_values(user, id, &Array(whole()));
+        assert!(
+            matches!(parsed, Ok(Some(ref s)) if s.username.as_str() == "alice"),
+            "{parsed:?}"
+        );
+        assert!(matches!(
+            parse_active_values(user, id, &Array(vec![Nil; 6])),
+            Ok(None)
+        ));
+        assert!(parse_active_values(user, id, &Int(1)).is_err());
+        let mut partial = whole();
+        partial[3] = Nil; // no idle expiry
+        assert!(parse_active_values(user, id, &Array(partial)).is_err());
+        let mut garbled = whole();
+        garbled[4] = bulk("soon");
+        assert!(parse_active_values(user, id, &Array(garbled)).is_err());
+        assert!(parse_active_values(user, id, &Array(whole()[..2].to_vec())).is_err());
+    }
+
     #[test]
     fn redis_urls_name_their_topology() {
         assert_eq!(

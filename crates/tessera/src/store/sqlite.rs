@@ -116,17 +116,19 @@ fn session_from_row(row: &SqliteRow) -> Result<Session, sqlx::Error> {
     let corrupt = |what: &str| sqlx::Error::Decode(format!("corrupt session {what}").into());
     let id: String = row.try_get("id")?;
     let user_id: String = row.try_get("user_id")?;
-    let username: String = row.try_get("username")?;
+    let id = SessionId::parse(&id).ok_or_else(|| corrupt("id"))?;
+    let user_id = UserId::parse(&user_id).ok_or_else(|| corrupt("user id"))?;
+    let active = active_from_row(row, user_id, id)?;
     let generation: i64 = row.try_get("refresh_generation")?;
     Ok(Session {
-        id: SessionId::parse(&id).ok_or_else(|| corrupt("id"))?,
-        user_id: UserId::parse(&user_id).ok_or_else(|| corrupt("user id"))?,
-        username: Username::parse(&username).map_err(|_| corrupt("username"))?,
-        roles: Roles::from_csv(row.try_get("roles")?),
+        id,
+        user_id,
+        username: active.username,
+        roles: active.roles,
         created_at: Timestamp::from_millis(row.try_get("created_at")?),
-        last_seen_at: Timestamp::from_millis(row.try_get("last_seen_at")?),
-        idle_expires_at: Timestamp::from_millis(row.try_get("idle_expires_at")?),
-        absolute_expires_at: Timestamp::from_millis(row.try_get("absolute_expires_at")?),
+        last_seen_at: active.last_seen_at,
+        idle_expires_at: active.idle_expires_at,
+        absolute_expires_at: active.absolute_expires_at,
         user_agent: row.try_get("user_agent")?,
         ip: row.try_get("ip")?,
         refresh: RefreshState {
@@ -137,10 +139,11 @@ fn session_from_row(row: &SqliteRow) -> Result<Session, sqlx::Error> {
                 .try_get::<Option<i64>, _>("rotated_at")?
                 .map(Timestamp::from_millis),
         },
-        cookie_hash: hash32(row.try_get("cookie_hash")?)?,
+        cookie_hash: active.cookie_hash,
     })
 }
 
+/// The columns authentication reads ([`ActiveSession`]); [`session_from_row`] builds on it.
 fn active_from_row(
     row: &SqliteRow,
     user: UserId,
