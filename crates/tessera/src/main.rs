@@ -74,12 +74,16 @@ fn init_logging(format: LogFormat, serving: bool) {
     // CLI commands stay quiet unless asked; the server logs at info.
     let default = if serving { "info" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+        .with_ansi(colours);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
+        LogFormat::Text if colours => builder.init(),
+        LogFormat::Text => builder
+            .fmt_fields(tessera::observability::TextFields)
+            .init(),
     }
 }

@@ -26,7 +26,7 @@ use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::timeout::TimeoutLayer;
+use tower_http::timeout::Timeout;
 use tower_http::trace::TraceLayer;
 
 use crate::service::Auth;
@@ -119,12 +119,15 @@ pub fn router(state: AppState) -> Router {
 /// The routes, with `GET /verify` taken before the router. Forward-auth proxies call it on every
 /// request of every app behind tessera, so it skips what it does not need: route matching, the
 /// route's extensions, the boxed per-route middleware and handler (measured with bench/callgrind:
-/// 93.4k → 87.4k instructions per verification). It runs the same extractor and handler as
-/// the routed `/verify` (which still answers `HEAD` and lists the route in the docs), and is
-/// counted under the same metric label. The CSRF guard has nothing to do for a `GET`.
+/// 93.4k → 87.4k instructions per verification), and the request deadline: it reads no body
+/// and its every wait is a store call under the store's own deadline, so a second timer per
+/// request only cost time. It runs the same extractor and handler as the routed `/verify`
+/// (which still answers `HEAD` and lists the route in the docs), and is counted under the same
+/// metric label. The CSRF guard has nothing to do for a `GET`.
 #[derive(Clone)]
 pub struct Routes {
-    router: Router,
+    /// [`router`] under the request deadline ([`REQUEST_TIMEOUT`]).
+    router: Timeout<Router>,
     state: AppState,
 }
 
@@ -132,7 +135,11 @@ impl Routes {
     /// [`router`] with the fast `GET /verify`.
     pub fn new(state: AppState) -> Self {
         Self {
-            router: router(state.clone()),
+            router: Timeout::with_status_code(
+                router(state.clone()),
+                StatusCode::REQUEST_TIMEOUT,
+                REQUEST_TIMEOUT,
+            ),
             state,
         }
     }
@@ -158,7 +165,7 @@ where
     type Error = std::convert::Infallible;
     type Future = futures_util::future::Either<
         futures_util::future::BoxFuture<'static, Result<Response, Self::Error>>,
-        <Router as Service<Request<B>>>::Future,
+        <Timeout<Router> as Service<Request<B>>>::Future,
     >;
 
     fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -176,10 +183,10 @@ where
     }
 }
 
-/// The whole HTTP service: `routes` ([`router`]) inside the edge middleware, outermost first:
+/// The whole HTTP service: `routes` ([`Routes`]) inside the edge middleware, outermost first:
 /// request id (made when absent, echoed on the answer), credentials redacted from logs, a span
 /// per request, the header policy on every answer (timeouts and panics included), panics turned
-/// into an opaque 500, the request deadline, the body limit.
+/// into an opaque 500, the body limit. The request deadline is [`Routes`]'s.
 pub fn service<B, S>(
     routes: S,
     max_body: usize,
@@ -218,7 +225,6 @@ where
         )
         .map_response(browser::security_headers)
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, REQUEST_TIMEOUT))
         .layer(DefaultBodyLimit::max(max_body))
         .service(routes)
 }

@@ -417,6 +417,44 @@ session_contract!(redis);
 session_contract!(redis_with_session_cache);
 session_contract!(cluster);
 
+#[tokio::test]
+async fn on_redis_a_login_below_the_limit_reads_no_other_session_and_the_index_stays_bounded() {
+    let redis = servers::RedisProcess::start(&[]);
+    let store = RedisStore::connect(
+        &Topology::Standalone(redis.url()),
+        "bounded",
+        Duration::from_secs(5),
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    let s: &dyn tessera::store::SessionStore = &store;
+    let u = UserId::new();
+    for i in 0..50 {
+        s.create(&session(u, i), 1000, t(i)).await.unwrap();
+    }
+    // The script reads a session's expiry with HMGET; none of the 50 is read for the 51st.
+    let before = servers::redis_calls(redis.port, "hmget");
+    s.create(&session(u, 50), 1000, t(50)).await.unwrap();
+    assert_eq!(servers::redis_calls(redis.port, "hmget"), before);
+    assert_eq!(s.list(u, t(51)).await.unwrap().len(), 51);
+
+    // Sessions that die without a logout stay listed in the index only until it is full.
+    let v = UserId::new();
+    let index = format!("bounded:{{u:{}}}:idx", v.0.simple());
+    let zcard = || servers::redis_cli(redis.port, &["zcard", &index]);
+    for round in 0..4 {
+        for i in 0..3 {
+            let at = round * 2 * 60 * MIN + i; // each round after the last one's idle expiry
+            let evicted = s.create(&session(v, at), 3, t(at)).await.unwrap();
+            assert!(evicted.is_empty(), "only dead sessions were pruned");
+            assert!(zcard().unwrap().trim().parse::<u64>().unwrap() <= 3);
+        }
+    }
+    assert_eq!(zcard().as_deref().map(str::trim), Some("3"));
+    assert_eq!(s.list(v, t(6 * 60 * MIN + 3)).await.unwrap().len(), 3);
+}
+
 // ----- users -----------------------------------------------------------------------------------
 
 fn user(name: &str) -> User {

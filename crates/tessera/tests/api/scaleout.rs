@@ -308,16 +308,6 @@ async fn a_malformed_redis_url_stops_start_up_without_showing_the_password() {
     );
 }
 
-/// `calls` of one command in Redis's `INFO commandstats`.
-fn redis_calls(port: u16, command: &str) -> u64 {
-    let stats = servers::redis_cli(port, &["info", "commandstats"]).unwrap_or_default();
-    stats
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test]
 async fn with_the_session_cache_verification_skips_redis_and_a_logout_elsewhere_lands_in_milliseconds()
  {
@@ -337,11 +327,11 @@ async fn with_the_session_cache_verification_skips_redis_and_a_logout_elsewhere_
     let started = Instant::now();
     loop {
         assert_eq!(b.verify_status(&t.access).await, StatusCode::OK);
-        let before = redis_calls(redis.port, "hmget");
+        let before = servers::redis_calls(redis.port, "hmget");
         for _ in 0..50 {
             assert_eq!(b.verify_status(&t.access).await, StatusCode::OK);
         }
-        if redis_calls(redis.port, "hmget") == before {
+        if servers::redis_calls(redis.port, "hmget") == before {
             break;
         }
         assert!(

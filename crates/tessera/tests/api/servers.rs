@@ -62,6 +62,17 @@ pub fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// `calls` of one command in Redis's `INFO commandstats` (commands run by scripts included):
+/// server-wide, so only meaningful on a test's private server.
+pub fn redis_calls(port: u16, command: &str) -> u64 {
+    let stats = redis_cli(port, &["info", "commandstats"]).unwrap_or_default();
+    stats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// One `redis-server` process.
 pub struct RedisProcess {
     pub port: u16,
