@@ -195,20 +195,33 @@ async fn verify_without_or_with_a_malformed_credential_is_401_never_a_redirect()
     assert_eq!(res.headers()["www-authenticate"], "Bearer");
     assert_eq!(error_code(res).await, "unauthenticated");
     for h in [
-        "Basic YWRtaW46YWRtaW4=",
-        "Bearer",
-        "Bearer ",
-        "Token abc",
-        "bearer\u{7f}x",
+        &b"Basic YWRtaW46YWRtaW4="[..],
+        b"Bearer",
+        b"Bearer ",
+        b"Token abc",
+        b"bearer\x7fx",
+        "Bearer ü.ü.ü".as_bytes(),
+        b"Bearer \xff\xfe.\x80.\x81",
+        b"Bearer\ta.b.c",
+        b"Bearer a.b\t.c",
     ] {
+        let Ok(value) = reqwest::header::HeaderValue::from_bytes(h) else {
+            continue; // not sendable as a header value at all
+        };
         let res = app
             .client
             .get(app.url("/verify"))
-            .header("authorization", h)
+            .header("authorization", value)
             .send()
             .await;
         let Ok(res) = res else { continue }; // the client may refuse to send an invalid header
-        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{h:?}");
+        let shown = String::from_utf8_lossy(h);
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{shown:?}");
+        let code = error_code(res).await;
+        assert!(
+            code == "invalid_token" || code == "unauthenticated",
+            "{shown:?}: {code}"
+        );
     }
 }
 
