@@ -29,6 +29,9 @@ pub struct SqliteStore {
     timeout: Duration,
 }
 
+/// How long opening the database may wait for a connection (see [`SqliteStore::open_file`]).
+const OPEN_PATIENCE: Duration = Duration::from_secs(30);
+
 impl SqliteStore {
     /// Opens (creating if missing) and migrates the database at `url` (`sqlite://…`).
     pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<Self> {
@@ -51,9 +54,14 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
+        // The pool's own acquire timeout bounds only what runs outside a store call: opening
+        // the file and migrating it at start-up. Every store call runs under `timeout` through
+        // [`Self::deadline`]. At start-up the store deadline (500 ms by default) is too short:
+        // on a loaded machine, or while another process holds the database locked, opening
+        // can take longer, and `serve` failed where waiting would have worked.
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(timeout.max(Duration::from_millis(100)))
+            .acquire_timeout(timeout.max(OPEN_PATIENCE))
             .connect_with(options)
             .await
             .context("cannot open the SQLite database")?;
@@ -522,5 +530,41 @@ impl SessionStore for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         UserStore::ping(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use sqlx::Connection as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn opening_waits_out_a_lock_longer_than_the_store_deadline() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("locked.db");
+        // Another process's exclusive lock on a (rollback-journal) database: switching it to
+        // WAL, which opening does, has to wait until the lock is released.
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let mut holder = sqlx::SqliteConnection::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        sqlx::query("CREATE TABLE t (x)")
+            .execute(&mut holder)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut holder)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let release = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            sqlx::query("COMMIT").execute(&mut holder).await.map(|_| ())
+        });
+        let opened = SqliteStore::open_file(&path, Duration::from_millis(100)).await;
+        assert!(opened.is_ok(), "{:?}", opened.err());
+        assert!(matches!(release.await, Ok(Ok(()))));
     }
 }
