@@ -809,8 +809,11 @@ impl SessionStore for RedisStore {
         let reply: redis::Value = self
             .run(|mut c| async move {
                 // Sized up front: grown argument by argument, the command's buffers were
-                // reallocated seven times per verification.
-                let mut cmd = Cmd::with_capacity(2 + ACTIVE_FIELDS.len(), 8 + key.len());
+                // reallocated seven times per verification. The data buffer holds the
+                // arguments' bytes back to back.
+                let fields: usize = ACTIVE_FIELDS.iter().map(|f| f.len()).sum();
+                let data = "HMGET".len() + key.len() + fields;
+                let mut cmd = Cmd::with_capacity(2 + ACTIVE_FIELDS.len(), data);
                 cmd.arg("HMGET").arg(&key).arg(&ACTIVE_FIELDS[..]);
                 cmd.query_async(&mut c).await
             })
