@@ -22,6 +22,14 @@ use crate::domain::jwt::KeyRing;
 use crate::domain::session::{ActiveSession, Session, SessionId};
 use crate::domain::user::{Roles, User, UserId, Username};
 
+/// How long a SQL pool waits for a connection outside a store call: opening (connecting to)
+/// the database and migrating it at start-up. Every store call runs under the store deadline
+/// (`store_timeout`, 500 ms by default) through its own timer, so this bounds start-up only,
+/// where the deadline was too short: on a loaded machine, or while another process held the
+/// database locked, opening failed where waiting would have worked (seen as "pool timed out"
+/// in the test suite, for SQLite and for PostgreSQL).
+pub(crate) const OPEN_PATIENCE: Duration = Duration::from_secs(30);
+
 /// Every store the service needs, chosen once at start-up (see `app::open_stores`).
 #[derive(Clone)]
 pub struct Stores {

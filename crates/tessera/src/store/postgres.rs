@@ -27,7 +27,7 @@ impl PgUserStore {
         let pool = PgPoolOptions::new()
             .max_connections(16)
             .min_connections(1)
-            .acquire_timeout(timeout.max(Duration::from_millis(250)))
+            .acquire_timeout(timeout.max(super::OPEN_PATIENCE))
             .connect(url)
             .await
             .context("cannot connect to PostgreSQL")?;

@@ -29,9 +29,6 @@ pub struct SqliteStore {
     timeout: Duration,
 }
 
-/// How long opening the database may wait for a connection (see [`SqliteStore::open_file`]).
-const OPEN_PATIENCE: Duration = Duration::from_secs(30);
-
 impl SqliteStore {
     /// Opens (creating if missing) and migrates the database at `url` (`sqlite://…`).
     pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<Self> {
@@ -54,14 +51,9 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
-        // The pool's own acquire timeout bounds only what runs outside a store call: opening
-        // the file and migrating it at start-up. Every store call runs under `timeout` through
-        // [`Self::deadline`]. At start-up the store deadline (500 ms by default) is too short:
-        // on a loaded machine, or while another process holds the database locked, opening
-        // can take longer, and `serve` failed where waiting would have worked.
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(timeout.max(OPEN_PATIENCE))
+            .acquire_timeout(timeout.max(super::OPEN_PATIENCE))
             .connect_with(options)
             .await
             .context("cannot open the SQLite database")?;
