@@ -3,7 +3,9 @@
 //! deployment (standalone, Sentinel or Cluster).
 //!
 //! Key layout (`P` is `redis_key_prefix`, default `tessera`):
-//! - `P:{u:<user>}:s:<session>`  HASH, one session; PEXPIREAT = min(idle, absolute expiry)
+//! - `P:{u:<user>}:s:<session>`  HASH, one session; PEXPIREAT = min(idle, absolute expiry).
+//!   Field `u` packs all that authentication reads (see `AUTH_FIELD`); `c g h p t ua ip` hold
+//!   the creation time, the refresh family and the device, for the session list and `/token`
 //! - `P:{u:<user>}:idx`          ZSET of the user's session ids by creation time; at most
 //!   `max_sessions_per_user` entries (pruned of dead ones when full), expires with the
 //!   longest-lived session it lists
@@ -193,6 +195,7 @@ struct Scripts {
     rotate: Script,
     set_roles: Script,
     limit_hit: Script,
+    upgrade: Script,
 }
 
 /// No response timeout inside redis-rs: every command already runs under the store call's
@@ -278,6 +281,7 @@ impl RedisStore {
                 rotate: Script::new(ROTATE),
                 set_roles: Script::new(SET_ROLES),
                 limit_hit: Script::new(LIMIT_HIT),
+                upgrade: Script::new(UPGRADE),
             }),
         };
         if let Err(e) = store.reconnect(None).await {
@@ -466,17 +470,51 @@ fn needs_rediscovery(e: &RedisError) -> bool {
         || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
 }
 
+/// The hash field that holds everything authentication reads ([`ActiveSession`]), packed into
+/// one value so that a verification is one `HGET` of one string (six fields read with `HMGET`
+/// cost more than the rest of the Redis call to parse):
+///
+/// `<idle expiry> <absolute expiry> <last seen> <cookie hash, hex, or -> <username> <roles>`
+///
+/// Times are Unix milliseconds; roles are comma-separated and last because they may be empty.
+/// Usernames and role names hold no spaces (see [`Username`], [`Role`]), so the layout splits
+/// unambiguously, and the Lua scripts below read and rewrite it with the same patterns
+/// (`auth_lua!`).
+///
+/// Sessions written by earlier builds kept these six values in the fields `u r l i a k`, with
+/// the bare username in `u`: a `u` without a space is that older layout. The scripts rewrite it
+/// to the packed one on first use and [`Record`] reads both, so an upgrade logs nobody out.
+///
+/// [`Role`]: crate::domain::user::Role
+const AUTH_FIELD: &str = "u";
+
+/// The value of [`AUTH_FIELD`] for a session.
+fn pack_auth(s: &Session) -> Vec<u8> {
+    use std::fmt::Write as _;
+    let roles = s.roles.to_csv();
+    let mut v = String::with_capacity(3 * 14 + 65 + s.username.as_str().len() + 1 + roles.len());
+    let _ = write!(
+        v,
+        "{} {} {} ",
+        s.idle_expires_at.as_millis(),
+        s.absolute_expires_at.as_millis(),
+        s.last_seen_at.as_millis()
+    );
+    match &s.cookie_hash {
+        Some(h) => v.push_str(&hex::encode(h)),
+        None => v.push('-'),
+    }
+    v.push(' ');
+    v.push_str(s.username.as_str());
+    v.push(' ');
+    v.push_str(&roles);
+    v.into_bytes()
+}
+
 fn session_fields(s: &Session) -> Vec<(&'static str, Vec<u8>)> {
     let mut f: Vec<(&'static str, Vec<u8>)> = vec![
-        ("u", s.username.as_str().as_bytes().to_vec()),
-        ("r", s.roles.to_csv().into_bytes()),
+        (AUTH_FIELD, pack_auth(s)),
         ("c", s.created_at.as_millis().to_string().into_bytes()),
-        ("l", s.last_seen_at.as_millis().to_string().into_bytes()),
-        ("i", s.idle_expires_at.as_millis().to_string().into_bytes()),
-        (
-            "a",
-            s.absolute_expires_at.as_millis().to_string().into_bytes(),
-        ),
         ("g", s.refresh.generation.to_string().into_bytes()),
         ("h", s.refresh.hash.to_vec()),
     ];
@@ -485,9 +523,6 @@ fn session_fields(s: &Session) -> Vec<(&'static str, Vec<u8>)> {
     }
     if let Some(ip) = &s.ip {
         f.push(("ip", ip.as_bytes().to_vec()));
-    }
-    if let Some(k) = &s.cookie_hash {
-        f.push(("k", k.to_vec()));
     }
     f
 }
@@ -501,12 +536,6 @@ fn field<'a>(flat: &'a [Vec<u8>], name: &str) -> Option<&'a [u8]> {
         .map(|kv| kv[1].as_slice())
 }
 
-/// The fields authentication reads ([`ActiveSession`]), in the order [`RedisStore::get`] asks
-/// for them with `HMGET`: half the reply of `HGETALL` (which also sends the field names and the
-/// fields only the session list and `/token` need). Parsing redis replies is a large part of a
-/// verification's instructions.
-const ACTIVE_FIELDS: [&str; 6] = ["u", "r", "l", "i", "a", "k"];
-
 fn parse_session_pairs(
     user: UserId,
     id: SessionId,
@@ -518,33 +547,46 @@ fn parse_session_pairs(
     Record::new(|k| field(flat, k)).session(user, id).map(Some)
 }
 
-/// Reads the `HMGET` reply of [`ACTIVE_FIELDS`] as redis-rs parsed it, without converting it to
-/// owned Rust values first (that conversion was ~1.3k instructions of a verification).
-fn parse_active_values(
-    user: UserId,
-    id: SessionId,
-    reply: &redis::Value,
-) -> Result<Option<ActiveSession>, StoreError> {
-    let redis::Value::Array(values) = reply else {
-        return Err(StoreError::Unexpected(anyhow::anyhow!(
-            "redis answered HMGET with something other than an array"
-        )));
-    };
-    fn bulk(v: &redis::Value) -> Option<&[u8]> {
-        match v {
-            redis::Value::BulkString(b) => Some(b),
-            _ => None,
+/// Whether a value of [`AUTH_FIELD`] is in the packed layout (an older record's bare username
+/// has no space).
+fn is_packed(v: &[u8]) -> bool {
+    v.contains(&b' ')
+}
+
+fn corrupt(k: &str) -> StoreError {
+    StoreError::Unexpected(anyhow::anyhow!("corrupt redis session field {k}"))
+}
+
+/// Reads a packed [`AUTH_FIELD`] value.
+fn unpack_auth(user: UserId, id: SessionId, v: &[u8]) -> Result<ActiveSession, StoreError> {
+    let bad = || corrupt(AUTH_FIELD);
+    let v = std::str::from_utf8(v).map_err(|_| bad())?;
+    let mut parts = v.splitn(6, ' ');
+    let mut next = || parts.next().ok_or_else(bad);
+    let time = |s: &str| s.parse().map(Timestamp::from_millis).map_err(|_| bad());
+    let idle_expires_at = time(next()?)?;
+    let absolute_expires_at = time(next()?)?;
+    let last_seen_at = time(next()?)?;
+    let cookie_hash = match next()? {
+        "-" => None,
+        k => {
+            let mut h = [0u8; 32];
+            hex::decode_to_slice(k, &mut h).map_err(|_| bad())?;
+            Some(h)
         }
-    }
-    if values.iter().all(|v| bulk(v).is_none()) {
-        return Ok(None);
-    }
-    Record::new(|k| {
-        let i = ACTIVE_FIELDS.iter().position(|f| *f == k)?;
-        bulk(values.get(i)?)
+    };
+    let username = Username::parse(next()?).map_err(|_| bad())?;
+    let roles = Roles::from_csv(next()?);
+    Ok(ActiveSession {
+        id,
+        user_id: user,
+        username,
+        roles,
+        last_seen_at,
+        idle_expires_at,
+        absolute_expires_at,
+        cookie_hash,
     })
-    .active(user, id)
-    .map(Some)
 }
 
 /// A session hash read back, by field name.
@@ -556,23 +598,19 @@ impl<'a, F: Fn(&str) -> Option<&'a [u8]>> Record<F> {
         Self(field)
     }
 
-    fn corrupt(k: &str) -> StoreError {
-        StoreError::Unexpected(anyhow::anyhow!("corrupt redis session field {k}"))
-    }
-
     fn text(&self, k: &str) -> Result<&'a str, StoreError> {
-        let v = (self.0)(k).ok_or_else(|| Self::corrupt(k))?;
-        std::str::from_utf8(v).map_err(|_| Self::corrupt(k))
+        let v = (self.0)(k).ok_or_else(|| corrupt(k))?;
+        std::str::from_utf8(v).map_err(|_| corrupt(k))
     }
 
     fn time(&self, k: &str) -> Result<Timestamp, StoreError> {
-        let ms = self.text(k)?.parse().map_err(|_| Self::corrupt(k))?;
+        let ms = self.text(k)?.parse().map_err(|_| corrupt(k))?;
         Ok(Timestamp::from_millis(ms))
     }
 
     fn hash(&self, k: &str) -> Result<Option<[u8; 32]>, StoreError> {
         (self.0)(k)
-            .map(|v| <[u8; 32]>::try_from(v).map_err(|_| Self::corrupt(k)))
+            .map(|v| <[u8; 32]>::try_from(v).map_err(|_| corrupt(k)))
             .transpose()
     }
 
@@ -582,11 +620,16 @@ impl<'a, F: Fn(&str) -> Option<&'a [u8]>> Record<F> {
             .map(str::to_owned)
     }
 
+    /// The authentication fields, packed or in the older layout of separate fields.
     fn active(&self, user: UserId, id: SessionId) -> Result<ActiveSession, StoreError> {
+        let auth = (self.0)(AUTH_FIELD).ok_or_else(|| corrupt(AUTH_FIELD))?;
+        if is_packed(auth) {
+            return unpack_auth(user, id, auth);
+        }
         Ok(ActiveSession {
             id,
             user_id: user,
-            username: Username::parse(self.text("u")?).map_err(|_| Self::corrupt("u"))?,
+            username: Username::parse(self.text("u")?).map_err(|_| corrupt("u"))?,
             roles: Roles::from_csv(self.text("r")?),
             last_seen_at: self.time("l")?,
             idle_expires_at: self.time("i")?,
@@ -597,7 +640,7 @@ impl<'a, F: Fn(&str) -> Option<&'a [u8]>> Record<F> {
 
     fn session(&self, user: UserId, id: SessionId) -> Result<Session, StoreError> {
         let active = self.active(user, id)?;
-        let generation = self.text("g")?.parse().map_err(|_| Self::corrupt("g"))?;
+        let generation = self.text("g")?.parse().map_err(|_| corrupt("g"))?;
         Ok(Session {
             id,
             user_id: user,
@@ -611,7 +654,7 @@ impl<'a, F: Fn(&str) -> Option<&'a [u8]>> Record<F> {
             ip: self.opt_text("ip"),
             refresh: RefreshState {
                 generation,
-                hash: self.hash("h")?.ok_or_else(|| Self::corrupt("h"))?,
+                hash: self.hash("h")?.ok_or_else(|| corrupt("h"))?,
                 prev_hash: self.hash("p")?,
                 rotated_at: self.time("t").ok(),
             },
@@ -620,20 +663,62 @@ impl<'a, F: Fn(&str) -> Option<&'a [u8]>> Record<F> {
     }
 }
 
+/// The Lua side of [`AUTH_FIELD`]: `auth(key)` returns a session's idle and absolute expiry (as
+/// numbers), its last-seen time and the rest of the packed value (`<cookie hash> <username>
+/// <roles>`, as strings), or nothing when the key holds no session. A record in the older
+/// layout is rewritten to the packed one first. Prepended to every script that reads a session.
+macro_rules! auth_lua {
+    () => {
+        r"
+local function auth(key)
+  local v = redis.call('HGET', key, 'u')
+  if not v then return nil end
+  if not string.find(v, ' ', 1, true) then
+    local o = redis.call('HMGET', key, 'r', 'l', 'i', 'a', 'k')
+    if not (o[2] and o[3] and o[4]) then return nil end
+    local k = '-'
+    if o[5] then
+      k = string.gsub(o[5], '.', function(c) return string.format('%02x', string.byte(c)) end)
+    end
+    v = o[3] .. ' ' .. o[4] .. ' ' .. o[2] .. ' ' .. k .. ' ' .. v .. ' ' .. (o[1] or '')
+    redis.call('HSET', key, 'u', v)
+    redis.call('HDEL', key, 'r', 'l', 'i', 'a', 'k')
+  end
+  local i, a, l, rest = string.match(v, '^(%d+) (%d+) (%d+) (.*)$')
+  if not i then return nil end
+  return tonumber(i), tonumber(a), l, rest
+end
+"
+    };
+}
+
+/// Rewrites a session in the older field layout to the packed one (see [`AUTH_FIELD`]) and
+/// returns the packed value; nil when there is no session. Only a verification that read an
+/// older record runs it.
+const UPGRADE: &str = concat!(
+    auth_lua!(),
+    r"
+if not auth(KEYS[1]) then return false end
+return redis.call('HGET', KEYS[1], 'u')
+"
+);
+
 /// Creates a session and, when the index is full, prunes it of dead sessions and evicts the
 /// oldest live ones beyond the limit. Below the limit it reads no other session: a script
 /// blocks every other client of Redis while it runs, and walking all of a user's sessions on
 /// every login made that pause grow with their number (measured as verification latency while
 /// logins ran, with a limit of 1,000). The index therefore holds at most `max` entries, some of
 /// them possibly dead; every reader of it already skips those.
-const CREATE: &str = r"
+const CREATE: &str = concat!(
+    auth_lua!(),
+    r"
 local idx, prefix, now, max = KEYS[2], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local evicted = {}
 if redis.call('ZCARD', idx) >= max then
   local live = {}
   for _, m in ipairs(redis.call('ZRANGE', idx, 0, -1)) do
-    local e = redis.call('HMGET', prefix .. m, 'i', 'a')
-    if e[1] and math.min(tonumber(e[1]), tonumber(e[2])) > now then
+    local i, a = auth(prefix .. m)
+    if i and math.min(i, a) > now then
       table.insert(live, m)
     else
       redis.call('DEL', prefix .. m)
@@ -655,18 +740,20 @@ if redis.call('PEXPIRETIME', idx) < tonumber(ARGV[6]) then
   redis.call('PEXPIREAT', idx, ARGV[6])
 end
 return evicted
-";
+"
+);
 
 /// Records a use: last seen and the slid idle expiry.
-const TOUCH: &str = r"
-local e = redis.call('HMGET', KEYS[1], 'i', 'a')
-if not e[1] then return 0 end
-local abs = tonumber(e[2])
-if math.min(tonumber(e[1]), abs) <= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'l', ARGV[1], 'i', ARGV[2])
-redis.call('PEXPIREAT', KEYS[1], math.min(tonumber(ARGV[2]), abs))
+const TOUCH: &str = concat!(
+    auth_lua!(),
+    r"
+local i, a, _, rest = auth(KEYS[1])
+if not i or math.min(i, a) <= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'u', ARGV[2] .. ' ' .. string.format('%d', a) .. ' ' .. ARGV[1] .. ' ' .. rest)
+redis.call('PEXPIREAT', KEYS[1], math.min(tonumber(ARGV[2]), a))
 return 1
-";
+"
+);
 
 /// Revokes one session.
 const REVOKE: &str = r"
@@ -687,18 +774,22 @@ return n
 ";
 
 /// Refresh rotation with reuse detection: the same rule as `RefreshState::decide`.
-const ROTATE: &str = r"
+const ROTATE: &str = concat!(
+    auth_lua!(),
+    r"
+local idle_at, abs, _, rest = auth(KEYS[1])
+if not idle_at then return {'invalid'} end
 local flat = redis.call('HGETALL', KEYS[1])
-if #flat == 0 then return {'invalid'} end
 local h = {}
 for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
-local now, abs = tonumber(ARGV[4]), tonumber(h['a'])
-if math.min(tonumber(h['i']), abs) <= now then return {'invalid'} end
+local now = tonumber(ARGV[4])
+if math.min(idle_at, abs) <= now then return {'invalid'} end
 local gen, pgen = tonumber(h['g']), tonumber(ARGV[1])
 if pgen == gen then
   if ARGV[2] ~= h['h'] then return {'invalid'} end
   local idle = math.min(now + tonumber(ARGV[6]), abs)
-  redis.call('HSET', KEYS[1], 'g', ARGV[8], 'h', ARGV[3], 'p', ARGV[2], 't', ARGV[4], 'l', ARGV[4], 'i', idle)
+  local packed = string.format('%d %d ', idle, abs) .. ARGV[4] .. ' ' .. rest
+  redis.call('HSET', KEYS[1], 'g', ARGV[8], 'h', ARGV[3], 'p', ARGV[2], 't', ARGV[4], 'u', packed)
   redis.call('PEXPIREAT', KEYS[1], idle)
   local out = {'rotated'}
   for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
@@ -716,17 +807,24 @@ if pgen < gen then
   return {'reused'}
 end
 return {'invalid'}
-";
+"
+);
 
 /// Copies new roles into every live session of a user.
-const SET_ROLES: &str = r"
+const SET_ROLES: &str = concat!(
+    auth_lua!(),
+    r"
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  if redis.call('EXISTS', ARGV[1] .. m) == 1 then
-    redis.call('HSET', ARGV[1] .. m, 'r', ARGV[2])
+  local i, a, l, rest = auth(ARGV[1] .. m)
+  local head = rest and string.match(rest, '^(%S+ %S+) ')
+  if head then
+    local packed = string.format('%d %d ', i, a) .. l .. ' ' .. head .. ' ' .. ARGV[2]
+    redis.call('HSET', ARGV[1] .. m, 'u', packed)
   end
 end
 return 1
-";
+"
+);
 
 /// Counts a failure in a fixed window that starts at the first failure.
 const LIMIT_HIT: &str = r"
@@ -805,20 +903,36 @@ impl SessionStore for RedisStore {
             }
             None => None,
         };
-        let key = self.session_key(user, id);
-        let reply: redis::Value = self
+        let key = &self.session_key(user, id);
+        let reply: Value = self
             .run(|mut c| async move {
                 // Sized up front: grown argument by argument, the command's buffers were
-                // reallocated seven times per verification. The data buffer holds the
-                // arguments' bytes back to back.
-                let fields: usize = ACTIVE_FIELDS.iter().map(|f| f.len()).sum();
-                let data = "HMGET".len() + key.len() + fields;
-                let mut cmd = Cmd::with_capacity(2 + ACTIVE_FIELDS.len(), data);
-                cmd.arg("HMGET").arg(&key).arg(&ACTIVE_FIELDS[..]);
+                // reallocated per argument. The data buffer holds the arguments' bytes.
+                let data = "HGET".len() + key.len() + AUTH_FIELD.len();
+                let mut cmd = Cmd::with_capacity(3, data);
+                cmd.arg("HGET").arg(key).arg(AUTH_FIELD);
                 cmd.query_async(&mut c).await
             })
             .await?;
-        let session = parse_active_values(user, id, &reply)?;
+        let reply = match reply {
+            Value::BulkString(v) if !is_packed(&v) => {
+                // Written by an earlier build: rewrite it once, then read it as usual.
+                self.run(
+                    |mut c| async move { self.scripts.upgrade.key(key).invoke_async(&mut c).await },
+                )
+                .await?
+            }
+            reply => reply,
+        };
+        let session = match &reply {
+            Value::Nil => None,
+            Value::BulkString(v) => Some(unpack_auth(user, id, v)?),
+            _ => {
+                return Err(StoreError::Unexpected(anyhow::anyhow!(
+                    "redis answered HGET with something other than a string"
+                )));
+            }
+        };
         if let (Some(cache), Some(ticket), Some(s)) = (&self.cache, ticket, &session) {
             cache.insert(ticket, s);
         }
@@ -1120,46 +1234,124 @@ impl ProfileCache for RedisStore {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::unwrap_used,
+    reason = "a test fails on the first unexpected value"
+)]
 mod tests {
     use super::*;
 
-    /// A session key holding something else than our hash (another writer, a half-migrated
-    /// record) must be a store error, never a panic and never an authenticated session.
-    #[test]
-    fn session_replies_that_are_not_a_whole_record_are_refused() {
-        use redis::Value::{Array, BulkString, Int, Nil};
-        let (user, id) = (
+    fn ids() -> (UserId, SessionId) {
+        (
             UserId(uuid::Uuid::new_v4()),
             SessionId(uuid::Uuid::new_v4()),
-        );
-        let bulk = |s: &str| BulkString(s.as_bytes().to_vec());
-        let whole = || {
-            vec![
-                bulk("alice"),
-                bulk("admin"),
-                bulk("1000"),
-                bulk("5000"),
-                bulk("9000"),
-                Nil,
-            ]
-        };
-        let parsed = parse_active_values(user, id, &Array(whole()));
-        assert!(
-            matches!(parsed, Ok(Some(ref s)) if s.username.as_str() == "alice"),
-            "{parsed:?}"
-        );
-        assert!(matches!(
-            parse_active_values(user, id, &Array(vec![Nil; 6])),
-            Ok(None)
-        ));
-        assert!(parse_active_values(user, id, &Int(1)).is_err());
-        let mut partial = whole();
-        partial[3] = Nil; // no idle expiry
-        assert!(parse_active_values(user, id, &Array(partial)).is_err());
-        let mut garbled = whole();
-        garbled[4] = bulk("soon");
-        assert!(parse_active_values(user, id, &Array(garbled)).is_err());
-        assert!(parse_active_values(user, id, &Array(whole()[..2].to_vec())).is_err());
+        )
+    }
+
+    fn sample(cookie_hash: Option<[u8; 32]>, roles: &str) -> Session {
+        let (user, id) = ids();
+        let at = |ms| Timestamp::from_millis(ms);
+        Session {
+            id,
+            user_id: user,
+            username: Username::parse("alice.b@example-1").unwrap(),
+            roles: Roles::from_csv(roles),
+            created_at: at(1_700_000_000_000),
+            last_seen_at: at(1_700_000_000_500),
+            idle_expires_at: at(1_700_001_800_500),
+            absolute_expires_at: at(1_702_592_000_000),
+            user_agent: Some("Mozilla/5.0 (X11; Linux x86_64)".into()),
+            ip: Some("192.0.2.1".into()),
+            refresh: RefreshState {
+                generation: 3,
+                hash: [7; 32],
+                prev_hash: None,
+                rotated_at: None,
+            },
+            cookie_hash,
+        }
+    }
+
+    /// The packed auth field reads back as written, with and without a cookie, with no role and
+    /// with several, and a whole record written by `session_fields` reads back whole.
+    #[test]
+    fn the_packed_auth_field_round_trips() {
+        for (cookie, roles) in [
+            (None, ""),
+            (Some([0xa5; 32]), "admin"),
+            (Some([0; 32]), "admin,ops:read,x.y-z"),
+        ] {
+            let s = sample(cookie, roles);
+            let got = unpack_auth(s.user_id, s.id, &pack_auth(&s)).unwrap();
+            assert_eq!(
+                (got.username.as_str(), got.roles.to_csv(), got.cookie_hash),
+                (s.username.as_str(), roles.to_owned(), cookie)
+            );
+            assert_eq!(
+                (
+                    got.last_seen_at,
+                    got.idle_expires_at,
+                    got.absolute_expires_at
+                ),
+                (s.last_seen_at, s.idle_expires_at, s.absolute_expires_at)
+            );
+            let flat: Vec<Vec<u8>> = session_fields(&s)
+                .into_iter()
+                .flat_map(|(k, v)| [k.as_bytes().to_vec(), v])
+                .collect();
+            let whole = parse_session_pairs(s.user_id, s.id, &flat)
+                .unwrap()
+                .unwrap();
+            assert_eq!(whole, s);
+        }
+    }
+
+    /// A session key holding something else than our record (another writer, a damaged value)
+    /// must be a store error, never a panic and never an authenticated session.
+    #[test]
+    fn auth_fields_that_are_not_a_whole_record_are_refused() {
+        let (user, id) = ids();
+        let good = "1000 9000 500 - alice admin";
+        assert!(unpack_auth(user, id, good.as_bytes()).is_ok());
+        for bad in [
+            "",
+            "1000 9000 500 - alice", // roles missing (empty roles keep their space)
+            "1000 9000 - alice admin", // a time missing
+            "soon 9000 500 - alice admin", // not a time
+            "1000 9000 500 abcd alice admin", // a cookie hash of the wrong length
+            "1000 9000 500 - Al!ce admin", // not a username
+        ] {
+            assert!(unpack_auth(user, id, bad.as_bytes()).is_err(), "{bad:?}");
+        }
+        assert!(unpack_auth(user, id, b"1000 9000 500 - \xff admin").is_err());
+    }
+
+    /// Records written by earlier builds (separate `u r l i a k` fields) are still read.
+    #[test]
+    fn a_record_in_the_older_field_layout_is_read() {
+        let s = sample(Some([0x41; 32]), "admin");
+        let ms = |t: Timestamp| t.as_millis().to_string().into_bytes();
+        let old: Vec<(&str, Vec<u8>)> = vec![
+            ("u", b"alice.b@example-1".to_vec()),
+            ("r", b"admin".to_vec()),
+            ("c", ms(s.created_at)),
+            ("l", ms(s.last_seen_at)),
+            ("i", ms(s.idle_expires_at)),
+            ("a", ms(s.absolute_expires_at)),
+            ("g", b"3".to_vec()),
+            ("h", vec![7; 32]),
+            ("ua", b"Mozilla/5.0 (X11; Linux x86_64)".to_vec()),
+            ("ip", b"192.0.2.1".to_vec()),
+            ("k", vec![0x41; 32]),
+        ];
+        let flat: Vec<Vec<u8>> = old
+            .into_iter()
+            .flat_map(|(k, v)| [k.as_bytes().to_vec(), v])
+            .collect();
+        let got = parse_session_pairs(s.user_id, s.id, &flat)
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, s);
     }
 
     #[test]

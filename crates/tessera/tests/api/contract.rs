@@ -433,10 +433,10 @@ async fn on_redis_a_login_below_the_limit_reads_no_other_session_and_the_index_s
     for i in 0..50 {
         s.create(&session(u, i), 1000, t(i)).await.unwrap();
     }
-    // The script reads a session's expiry with HMGET; none of the 50 is read for the 51st.
-    let before = servers::redis_calls(redis.port, "hmget");
+    // The script reads a session's expiry with HGET; none of the 50 is read for the 51st.
+    let before = servers::redis_calls(redis.port, "hget");
     s.create(&session(u, 50), 1000, t(50)).await.unwrap();
-    assert_eq!(servers::redis_calls(redis.port, "hmget"), before);
+    assert_eq!(servers::redis_calls(redis.port, "hget"), before);
     assert_eq!(s.list(u, t(51)).await.unwrap().len(), 51);
 
     // Sessions that die without a logout stay listed in the index only until it is full.
@@ -453,6 +453,136 @@ async fn on_redis_a_login_below_the_limit_reads_no_other_session_and_the_index_s
     }
     assert_eq!(zcard().as_deref().map(str::trim), Some("3"));
     assert_eq!(s.list(v, t(6 * 60 * MIN + 3)).await.unwrap().len(), 3);
+}
+
+/// Writes `sess` the way builds before the packed auth field did: `u r l i a k` as separate
+/// fields, `u` the bare username. Hashes must be printable bytes (they go through redis-cli).
+fn write_in_the_older_layout(port: u16, prefix: &str, sess: &Session) {
+    let tag = format!("{prefix}:{{u:{}}}", sess.user_id.0.simple());
+    let key = format!("{tag}:s:{}", sess.id.0.simple());
+    let ms = |t: Timestamp| t.as_millis().to_string();
+    let text = |h: &[u8; 32]| String::from_utf8(h.to_vec()).unwrap();
+    let mut args = vec![
+        "hset".to_owned(),
+        key.clone(),
+        "u".into(),
+        sess.username.as_str().into(),
+        "r".into(),
+        sess.roles.to_csv(),
+        "c".into(),
+        ms(sess.created_at),
+        "l".into(),
+        ms(sess.last_seen_at),
+        "i".into(),
+        ms(sess.idle_expires_at),
+        "a".into(),
+        ms(sess.absolute_expires_at),
+        "g".into(),
+        sess.refresh.generation.to_string(),
+        "h".into(),
+        text(&sess.refresh.hash),
+    ];
+    if let Some(k) = &sess.cookie_hash {
+        args.extend(["k".into(), text(k)]);
+    }
+    for (f, v) in [("ua", &sess.user_agent), ("ip", &sess.ip)] {
+        if let Some(v) = v {
+            args.extend([f.into(), v.clone()]);
+        }
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    servers::redis_cli(port, &args).unwrap();
+    let id = sess.id.0.simple().to_string();
+    let (at, end) = (ms(sess.created_at), ms(sess.expires_at()));
+    servers::redis_cli(port, &["zadd", &format!("{tag}:idx"), &at, &id]).unwrap();
+    servers::redis_cli(port, &["pexpireat", &key, &end]).unwrap();
+}
+
+#[tokio::test]
+async fn on_redis_sessions_written_by_an_earlier_build_are_read_used_and_rewritten_in_place() {
+    let redis = servers::RedisProcess::start(&[]);
+    let store = RedisStore::connect(
+        &Topology::Standalone(redis.url()),
+        "legacy",
+        Duration::from_secs(5),
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    let s: &dyn tessera::store::SessionStore = &store;
+    let u = UserId::new();
+    let older = |created: i64, cookie: Option<[u8; 32]>| {
+        let mut sess = session(u, created);
+        sess.refresh.hash = [b'H'; 32];
+        sess.cookie_hash = cookie;
+        write_in_the_older_layout(redis.port, "legacy", &sess);
+        sess
+    };
+    let key = |sess: &Session| format!("legacy:{{u:{}}}:s:{}", u.0.simple(), sess.id.0.simple());
+    let field = |sess: &Session, f: &str| servers::redis_cli(redis.port, &["hget", &key(sess), f]);
+
+    // Verification reads it, and rewrites it to the packed field once.
+    let browser = older(0, Some([b'K'; 32]));
+    let bearer = older(1, None);
+    assert_eq!(
+        s.get(u, browser.id, t(2)).await.unwrap(),
+        Some(browser.active())
+    );
+    assert_eq!(
+        s.get(u, bearer.id, t(2)).await.unwrap(),
+        Some(bearer.active())
+    );
+    assert!(field(&browser, "u").unwrap().contains(' '), "rewritten");
+    assert_eq!(
+        field(&browser, "i").as_deref(),
+        Some("\n"),
+        "older fields removed"
+    );
+    assert_eq!(
+        s.get(u, browser.id, t(3)).await.unwrap(),
+        Some(browser.active())
+    );
+
+    // The session list and every script read the older layout as well.
+    let listed = older(2, Some([b'L'; 32]));
+    assert_eq!(
+        s.list(u, t(3)).await.unwrap(),
+        vec![browser.clone(), bearer.clone(), listed.clone()]
+    );
+    let touched = older(3, None);
+    s.touch(u, touched.id, t(5), t(5 + 60 * MIN)).await.unwrap();
+    let got = s.get(u, touched.id, t(6)).await.unwrap().unwrap();
+    assert_eq!(
+        (got.last_seen_at, got.idle_expires_at),
+        (t(5), t(5 + 60 * MIN))
+    );
+    s.set_roles(u, &Roles::from_csv("ops")).await.unwrap();
+    let got = s.get(u, listed.id, t(6)).await.unwrap().unwrap();
+    assert_eq!(
+        (got.roles.to_csv(), got.cookie_hash),
+        ("ops".into(), Some([b'L'; 32]))
+    );
+    let rotated = older(4, None);
+    let p = RefreshPresentation {
+        hash: [b'H'; 32],
+        ..presentation(0, 0, 9)
+    };
+    match s.rotate_refresh(u, rotated.id, &p, t(7)).await.unwrap() {
+        Rotation::Rotated(after) => assert_eq!(
+            (after.refresh.generation, after.username, after.last_seen_at),
+            (1, rotated.username, t(7))
+        ),
+        other => panic!("{other:?}"),
+    }
+    // A login at the limit walks the index through the same reader: the older records count
+    // as live (only the oldest session is evicted, none is pruned as dead) and are rewritten.
+    let walked = [older(5, None), older(6, Some([b'W'; 32]))];
+    let evicted = s.create(&session(u, 8), 7, t(8)).await.unwrap();
+    assert_eq!(evicted, vec![browser.id]);
+    assert_eq!(s.list(u, t(9)).await.unwrap().len(), 7);
+    for sess in &walked {
+        assert!(field(sess, "u").unwrap().contains(' '), "rewritten");
+    }
 }
 
 // ----- users -----------------------------------------------------------------------------------

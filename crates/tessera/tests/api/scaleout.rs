@@ -327,11 +327,11 @@ async fn with_the_session_cache_verification_skips_redis_and_a_logout_elsewhere_
     let started = Instant::now();
     loop {
         assert_eq!(b.verify_status(&t.access).await, StatusCode::OK);
-        let before = servers::redis_calls(redis.port, "hmget");
+        let before = servers::redis_calls(redis.port, "hget");
         for _ in 0..50 {
             assert_eq!(b.verify_status(&t.access).await, StatusCode::OK);
         }
-        if servers::redis_calls(redis.port, "hmget") == before {
+        if servers::redis_calls(redis.port, "hget") == before {
             break;
         }
         assert!(
