@@ -461,6 +461,12 @@ impl RedisStore {
     fn limit_key(&self, key: &str) -> String {
         format!("{}:rl:{key}", self.prefix)
     }
+
+    /// Runs [`UPGRADE`] on a session key: its packed auth value, or nil.
+    async fn upgrade(&self, key: &str) -> Result<Value, StoreError> {
+        self.run(|mut c| async move { self.scripts.upgrade.key(key).invoke_async(&mut c).await })
+            .await
+    }
 }
 
 fn needs_rediscovery(e: &RedisError) -> bool {
@@ -915,13 +921,9 @@ impl SessionStore for RedisStore {
             })
             .await?;
         let reply = match reply {
-            Value::BulkString(v) if !is_packed(&v) => {
-                // Written by an earlier build: rewrite it once, then read it as usual.
-                self.run(
-                    |mut c| async move { self.scripts.upgrade.key(key).invoke_async(&mut c).await },
-                )
-                .await?
-            }
+            // Written by an earlier build: rewrite it once, then read it as usual. Boxed: this
+            // cold path would otherwise grow the future every verification moves.
+            Value::BulkString(v) if !is_packed(&v) => Box::pin(self.upgrade(key)).await?,
             reply => reply,
         };
         let session = match &reply {

@@ -433,6 +433,27 @@ async fn an_oversized_request_head_gets_431() {
     assert_eq!(app.get_status("/healthz").await, StatusCode::OK);
 }
 
+/// At most 100 request headers (hyper's default, relied on rather than set: setting it, even to
+/// the same value, made hyper initialise two 100-slot arrays per request).
+#[tokio::test]
+async fn a_request_with_more_than_100_headers_gets_431() {
+    let app = spawn_app().await;
+    let with = |n: usize| {
+        let mut req = app.client.get(app.url("/healthz"));
+        // reqwest adds `accept` and `host`; hyper counts every header.
+        for i in 0..n - 2 {
+            req = req.header(format!("x-h{i}"), "1");
+        }
+        req.send()
+    };
+    assert_eq!(with(100).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        with(101).await.unwrap().status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    assert_eq!(app.get_status("/healthz").await, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn a_slow_client_is_disconnected_after_the_header_timeout() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
