@@ -455,6 +455,76 @@ async fn on_redis_a_login_below_the_limit_reads_no_other_session_and_the_index_s
     assert_eq!(s.list(v, t(6 * 60 * MIN + 3)).await.unwrap().len(), 3);
 }
 
+#[tokio::test]
+async fn on_redis_a_login_at_the_limit_reads_no_session_and_finds_the_dead_by_their_slid_expiry() {
+    let redis = servers::RedisProcess::start(&[]);
+    let store = RedisStore::connect(
+        &Topology::Standalone(redis.url()),
+        "atlimit",
+        Duration::from_secs(5),
+        Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    let s: &dyn tessera::store::SessionStore = &store;
+
+    // At the limit, a login evicts the oldest without reading any of the 200 sessions.
+    let u = UserId::new();
+    let mut first = None;
+    for i in 0..200 {
+        let sess = session(u, i);
+        first.get_or_insert(sess.id);
+        s.create(&sess, 200, t(i)).await.unwrap();
+    }
+    let reads =
+        || servers::redis_calls(redis.port, "hget") + servers::redis_calls(redis.port, "hmget");
+    let before = reads();
+    let evicted = s.create(&session(u, 200), 200, t(200)).await.unwrap();
+    assert_eq!(evicted, vec![first.unwrap()]);
+    assert_eq!(reads(), before, "the login read other sessions");
+
+    // Dead sessions are pruned before anything live is evicted, and a session whose idle
+    // expiry slid (a use, a refresh) is not mistaken for dead.
+    let v = UserId::new();
+    let [used, refreshed, idle] = [0, 1, 2].map(|i| session(v, i));
+    for sess in [&used, &refreshed, &idle] {
+        s.create(sess, 3, t(0)).await.unwrap();
+    }
+    s.touch(v, used.id, t(50 * MIN), t(110 * MIN))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.rotate_refresh(v, refreshed.id, &presentation(0, 1, 9), t(50 * MIN))
+            .await
+            .unwrap(),
+        Rotation::Rotated(_)
+    ));
+    let new = session(v, 70 * MIN);
+    let evicted = s.create(&new, 3, t(70 * MIN)).await.unwrap();
+    assert!(
+        evicted.is_empty(),
+        "only the idle one, dead, was pruned: {evicted:?}"
+    );
+    let ids: Vec<SessionId> = s
+        .list(v, t(70 * MIN))
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(ids, vec![used.id, refreshed.id, new.id]);
+    // A revoked session leaves both indexes: a full index again evicts the oldest live one.
+    assert!(s.revoke(v, refreshed.id).await.unwrap());
+    s.create(&session(v, 71 * MIN), 3, t(71 * MIN))
+        .await
+        .unwrap();
+    let evicted = s
+        .create(&session(v, 72 * MIN), 3, t(72 * MIN))
+        .await
+        .unwrap();
+    assert_eq!(evicted, vec![used.id]);
+}
+
 /// Writes `sess` the way builds before the packed auth field did: `u r l i a k` as separate
 /// fields, `u` the bare username. Hashes must be printable bytes (they go through redis-cli).
 fn write_in_the_older_layout(port: u16, prefix: &str, sess: &Session) {
@@ -574,14 +644,14 @@ async fn on_redis_sessions_written_by_an_earlier_build_are_read_used_and_rewritt
         ),
         other => panic!("{other:?}"),
     }
-    // A login at the limit walks the index through the same reader: the older records count
-    // as live (only the oldest session is evicted, none is pruned as dead) and are rewritten.
-    let walked = [older(5, None), older(6, Some([b'W'; 32]))];
+    // A login at the limit evicts the oldest (an older record indexed by an earlier build, with
+    // no expiry score, is evicted in its creation turn like any other).
+    let kept = [older(5, None), older(6, Some([b'W'; 32]))];
     let evicted = s.create(&session(u, 8), 7, t(8)).await.unwrap();
     assert_eq!(evicted, vec![browser.id]);
     assert_eq!(s.list(u, t(9)).await.unwrap().len(), 7);
-    for sess in &walked {
-        assert!(field(sess, "u").unwrap().contains(' '), "rewritten");
+    for sess in &kept {
+        assert_eq!(s.get(u, sess.id, t(9)).await.unwrap(), Some(sess.active()));
     }
 }
 
