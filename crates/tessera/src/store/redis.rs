@@ -9,8 +9,6 @@
 //! - `P:{u:<user>}:idx`          ZSET of the user's session ids by creation time; at most
 //!   `max_sessions_per_user` entries (pruned of dead ones when full), expires with the
 //!   longest-lived session it lists
-//! - `P:{u:<user>}:exp`          ZSET of the same ids by the time each session ends (its
-//!   PEXPIREAT): a login at the limit finds the dead ones without reading any session
 //! - `P:{u:<user>}:profile`      STRING, cached `/profile` (JSON), EX 300
 //! - `P:rl:<counter>`            HASH {n, end}, one throttling window; PEXPIREAT = end
 //! - `P:keyring`                 STRING, the key ring (JSON)
@@ -460,10 +458,6 @@ impl RedisStore {
         format!("{}:idx", self.user_tag(user))
     }
 
-    fn expiry_key(&self, user: UserId) -> String {
-        format!("{}:exp", self.user_tag(user))
-    }
-
     fn limit_key(&self, key: &str) -> String {
         format!("{}:rl:{key}", self.prefix)
     }
@@ -716,29 +710,31 @@ return redis.call('HGET', KEYS[1], 'u')
 );
 
 /// Creates a session and, when the index is full, prunes it of dead sessions and evicts the
-/// oldest live ones beyond the limit. A script blocks every other client of Redis while it
-/// runs, so it reads no session: below the limit it touches only the new one; at the limit the
-/// dead are found by their expiry in the second index (`ZRANGEBYSCORE`, O(log n + dead)) and
-/// the oldest by creation in the first. Walking all of a user's sessions instead (an `HGET`
-/// each) paused every verification for the length of the walk, per login.
-///
-/// A member with no expiry score was indexed before the expiry index existed: it is evicted in
-/// its turn (reported only if it was still live) and otherwise ages out with the index.
-const CREATE: &str = r"
-local idx, exp, prefix = KEYS[2], KEYS[3], ARGV[2]
-local now, max = tonumber(ARGV[3]), tonumber(ARGV[4])
+/// oldest live ones beyond the limit. Below the limit it reads no other session: a script
+/// blocks every other client of Redis while it runs, and walking all of a user's sessions on
+/// every login made that pause grow with their number (measured as verification latency while
+/// logins ran, with a limit of 1,000). The index therefore holds at most `max` entries, some of
+/// them possibly dead; every reader of it already skips those.
+const CREATE: &str = concat!(
+    auth_lua!(),
+    r"
+local idx, prefix, now, max = KEYS[2], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local evicted = {}
 if redis.call('ZCARD', idx) >= max then
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', exp, '-inf', now)) do
-    redis.call('DEL', prefix .. m)
-    redis.call('ZREM', idx, m)
+  local live = {}
+  for _, m in ipairs(redis.call('ZRANGE', idx, 0, -1)) do
+    local i, a = auth(prefix .. m)
+    if i and math.min(i, a) > now then
+      table.insert(live, m)
+    else
+      redis.call('DEL', prefix .. m)
+      redis.call('ZREM', idx, m)
+    end
   end
-  redis.call('ZREMRANGEBYSCORE', exp, '-inf', now)
-  while redis.call('ZCARD', idx) >= max do
-    local m = redis.call('ZRANGE', idx, 0, 0)[1]
-    redis.call('ZREM', idx, m)
-    redis.call('ZREM', exp, m)
-    if redis.call('DEL', prefix .. m) == 1 then table.insert(evicted, m) end
+  for i = 1, #live + 1 - max do
+    redis.call('DEL', prefix .. live[i])
+    redis.call('ZREM', idx, live[i])
+    table.insert(evicted, live[i])
   end
 end
 local fields = {}
@@ -746,14 +742,12 @@ for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(fields))
 redis.call('PEXPIREAT', KEYS[1], ARGV[5])
 redis.call('ZADD', idx, ARGV[7], ARGV[1])
-redis.call('ZADD', exp, ARGV[5], ARGV[1])
-for _, k in ipairs({idx, exp}) do
-  if redis.call('PEXPIRETIME', k) < tonumber(ARGV[6]) then
-    redis.call('PEXPIREAT', k, ARGV[6])
-  end
+if redis.call('PEXPIRETIME', idx) < tonumber(ARGV[6]) then
+  redis.call('PEXPIREAT', idx, ARGV[6])
 end
 return evicted
-";
+"
+);
 
 /// Records a use: last seen and the slid idle expiry.
 const TOUCH: &str = concat!(
@@ -762,10 +756,7 @@ const TOUCH: &str = concat!(
 local i, a, _, rest = auth(KEYS[1])
 if not i or math.min(i, a) <= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'u', ARGV[2] .. ' ' .. string.format('%d', a) .. ' ' .. ARGV[1] .. ' ' .. rest)
-local ends = math.min(tonumber(ARGV[2]), a)
-redis.call('PEXPIREAT', KEYS[1], ends)
-redis.call('ZADD', KEYS[2], ends, ARGV[3])
-if redis.call('PEXPIRETIME', KEYS[2]) < a then redis.call('PEXPIREAT', KEYS[2], a) end
+redis.call('PEXPIREAT', KEYS[1], math.min(tonumber(ARGV[2]), a))
 return 1
 "
 );
@@ -773,7 +764,6 @@ return 1
 /// Revokes one session.
 const REVOKE: &str = r"
 redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
 return redis.call('DEL', KEYS[1])
 ";
 
@@ -784,7 +774,6 @@ for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   if m ~= ARGV[2] then
     n = n + redis.call('DEL', ARGV[1] .. m)
     redis.call('ZREM', KEYS[1], m)
-    redis.call('ZREM', KEYS[2], m)
   end
 end
 return n
@@ -808,8 +797,6 @@ if pgen == gen then
   local packed = string.format('%d %d ', idle, abs) .. ARGV[4] .. ' ' .. rest
   redis.call('HSET', KEYS[1], 'g', ARGV[8], 'h', ARGV[3], 'p', ARGV[2], 't', ARGV[4], 'u', packed)
   redis.call('PEXPIREAT', KEYS[1], idle)
-  redis.call('ZADD', KEYS[3], idle, ARGV[7])
-  if redis.call('PEXPIRETIME', KEYS[3]) < abs then redis.call('PEXPIREAT', KEYS[3], abs) end
   local out = {'rotated'}
   for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
   return out
@@ -823,7 +810,6 @@ end
 if pgen < gen then
   redis.call('DEL', KEYS[1])
   redis.call('ZREM', KEYS[2], ARGV[7])
-  redis.call('ZREM', KEYS[3], ARGV[7])
   return {'reused'}
 end
 return {'invalid'}
@@ -869,7 +855,6 @@ impl SessionStore for RedisStore {
     ) -> Result<Vec<SessionId>, StoreError> {
         let key = self.session_key(session.user_id, session.id);
         let idx = self.index_key(session.user_id);
-        let exp = self.expiry_key(session.user_id);
         let prefix = self.session_prefix(session.user_id);
         // A new session is in no cache; the sessions it evicted are forgotten below.
         let evicted: Result<Vec<String>, StoreError> = self
@@ -877,7 +862,6 @@ impl SessionStore for RedisStore {
                 let mut inv = self.scripts.create.prepare_invoke();
                 inv.key(&key)
                     .key(&idx)
-                    .key(&exp)
                     .arg(session.id.0.simple().to_string())
                     .arg(&prefix)
                     .arg(now.as_millis())
@@ -964,16 +948,14 @@ impl SessionStore for RedisStore {
         now: Timestamp,
         idle_expires_at: Timestamp,
     ) -> Result<(), StoreError> {
-        let (key, exp) = (self.session_key(user, id), self.expiry_key(user));
+        let key = self.session_key(user, id);
         let _: i64 = self
             .run_write(user, Some(id), |mut c| async move {
                 self.scripts
                     .touch
                     .key(&key)
-                    .key(&exp)
                     .arg(now.as_millis())
                     .arg(idle_expires_at.as_millis())
-                    .arg(id.0.simple().to_string())
                     .invoke_async(&mut c)
                     .await
             })
@@ -1021,14 +1003,12 @@ impl SessionStore for RedisStore {
 
     async fn revoke(&self, user: UserId, id: SessionId) -> Result<bool, StoreError> {
         let (key, idx) = (self.session_key(user, id), self.index_key(user));
-        let exp = self.expiry_key(user);
         let n: i64 = self
             .run_write(user, Some(id), |mut c| async move {
                 self.scripts
                     .revoke
                     .key(&key)
                     .key(&idx)
-                    .key(&exp)
                     .arg(id.0.simple().to_string())
                     .invoke_async(&mut c)
                     .await
@@ -1039,14 +1019,12 @@ impl SessionStore for RedisStore {
 
     async fn revoke_all(&self, user: UserId, keep: Option<SessionId>) -> Result<u64, StoreError> {
         let (idx, prefix) = (self.index_key(user), self.session_prefix(user));
-        let exp = self.expiry_key(user);
         let keep = keep.map(|k| k.0.simple().to_string()).unwrap_or_default();
         let n: u64 = self
             .run_write(user, None, |mut c| async move {
                 self.scripts
                     .revoke_all
                     .key(&idx)
-                    .key(&exp)
                     .arg(&prefix)
                     .arg(&keep)
                     .invoke_async(&mut c)
@@ -1064,14 +1042,12 @@ impl SessionStore for RedisStore {
         now: Timestamp,
     ) -> Result<Rotation, StoreError> {
         let (key, idx) = (self.session_key(user, id), self.index_key(user));
-        let exp = self.expiry_key(user);
         let reply: Vec<Vec<u8>> = self
             .run_write(user, Some(id), |mut c| async move {
                 self.scripts
                     .rotate
                     .key(&key)
                     .key(&idx)
-                    .key(&exp)
                     .arg(p.generation)
                     .arg(p.hash.as_slice())
                     .arg(p.successor_hash.as_slice())
