@@ -257,10 +257,32 @@ pub struct Auth {
     /// requests. Safe because the key is the exact token bytes (any change is a miss), only
     /// successes are cached (an attacker cannot fill it), expiry is re-checked on every hit, and
     /// the session is still read from the store on every request, so revocation is immediate.
-    verified: moka::future::Cache<[u8; 32], Arc<Claims>>,
+    /// It keeps what verification needs, parsed once (not the claims, whose ids would be parsed
+    /// again on every hit); a synchronous cache, since a lookup never waits.
+    verified: moka::sync::Cache<[u8; 32], VerifiedToken>,
     hasher: PasswordHasher,
     clock: Arc<dyn Clock>,
     policy: Policy,
+}
+
+/// An access token whose signature and claims checked out: what verification reads from it.
+#[derive(Clone, Copy)]
+struct VerifiedToken {
+    user: UserId,
+    sid: SessionId,
+    /// Expiry (Unix seconds), re-checked on every use.
+    exp: i64,
+}
+
+impl VerifiedToken {
+    /// `None` when the subject or session id is not an id (a token we did not issue).
+    fn from_claims(claims: &Claims) -> Option<Self> {
+        Some(Self {
+            user: UserId::parse(&claims.sub)?,
+            sid: SessionId::parse(&claims.sid)?,
+            exp: claims.exp,
+        })
+    }
 }
 
 /// How long lockouts are remembered for growing the next one, and the longest lockout.
@@ -293,7 +315,7 @@ impl Auth {
             keys: RwLock::new(None),
             last_kid_reload: std::sync::atomic::AtomicI64::new(0),
             profiles,
-            verified: moka::future::Cache::builder()
+            verified: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(policy.tokens.ttl + policy.tokens.leeway)
                 .build(),
@@ -669,14 +691,8 @@ impl Auth {
     /// write at most once per [`touch_interval`](crate::domain::session::touch_interval).
     pub async fn authenticate_bearer(&self, token: &str) -> Result<Principal, AuthError> {
         let now = self.now();
-        let claims = self.verified_claims(token, now).await?;
-        let user = UserId::parse(&claims.sub).ok_or(AuthError::InvalidToken)?;
-        let sid = SessionId::parse(&claims.sid).ok_or(AuthError::InvalidToken)?;
-        let session = self
-            .sessions
-            .get(user, sid, now)
-            .await?
-            .ok_or(AuthError::InvalidToken)?;
+        let VerifiedToken { user, sid, .. } = self.verified_token(token, now).await?;
+        let session = self.live_session(user, sid, now).await?;
         self.record_use(&session, now).await?;
         Ok(Principal::from_session(session, false))
     }
@@ -685,17 +701,32 @@ impl Auth {
     pub async fn authenticate_cookie(&self, value: &str) -> Result<Principal, AuthError> {
         let cookie = SessionCookie::decode(value).ok_or(AuthError::InvalidToken)?;
         let now = self.now();
-        let (user, sid) = (cookie.user_id, cookie.session_id);
         let session = self
-            .sessions
-            .get(user, sid, now)
-            .await?
-            .ok_or(AuthError::InvalidToken)?;
+            .live_session(cookie.user_id, cookie.session_id, now)
+            .await?;
         if !cookie.matches(session.cookie_hash.as_ref()) {
             return Err(AuthError::InvalidToken);
         }
         self.record_use(&session, now).await?;
         Ok(Principal::from_session(session, true))
+    }
+
+    /// The live session a credential names: from the store's memory when it has it (no round
+    /// trip, no boxed future), else one store read (which looks in memory again: a miss costs
+    /// a second in-memory lookup, a hit saves building the read).
+    async fn live_session(
+        &self,
+        user: UserId,
+        sid: SessionId,
+        now: Timestamp,
+    ) -> Result<ActiveSession, AuthError> {
+        if let Some(session) = self.sessions.get_cached(user, sid, now) {
+            return Ok(session);
+        }
+        self.sessions
+            .get(user, sid, now)
+            .await?
+            .ok_or(AuthError::InvalidToken)
     }
 
     /// Slides a session's idle expiry after a use, writing at most once per touch interval: the
@@ -743,17 +774,21 @@ impl Auth {
         ))
     }
 
-    /// The claims of a valid access token, from the verified-token cache when possible.
-    async fn verified_claims(&self, token: &str, now: Timestamp) -> Result<Arc<Claims>, AuthError> {
+    /// What a valid access token says, from the verified-token cache when possible.
+    async fn verified_token(
+        &self,
+        token: &str,
+        now: Timestamp,
+    ) -> Result<VerifiedToken, AuthError> {
         let leeway = self.policy.tokens.leeway;
         if token.len() > crate::domain::jwt::MAX_TOKEN_LEN {
             return Err(AuthError::InvalidToken);
         }
         let key = crate::domain::secret::sha256(token.as_bytes());
-        if let Some(claims) = self.verified.get(&key).await {
-            let live = now.as_secs() < claims.exp.saturating_add(leeway.as_secs() as i64);
+        if let Some(verified) = self.verified.get(&key) {
+            let live = now.as_secs() < verified.exp.saturating_add(leeway.as_secs() as i64);
             return if live {
-                Ok(claims)
+                Ok(verified)
             } else {
                 Err(AuthError::InvalidToken)
             };
@@ -775,12 +810,13 @@ impl Auth {
             self.reload_keys().await?;
             verified = self.keys()?.verify(token, now, leeway);
         }
-        let claims = Arc::new(verified.map_err(|e| {
+        let claims = verified.map_err(|e| {
             tracing::debug!(reason = %e, "access token refused");
             AuthError::InvalidToken
-        })?);
-        self.verified.insert(key, Arc::clone(&claims)).await;
-        Ok(claims)
+        })?;
+        let verified = VerifiedToken::from_claims(&claims).ok_or(AuthError::InvalidToken)?;
+        self.verified.insert(key, verified);
+        Ok(verified)
     }
 
     fn may_reload_keys(&self, now: Timestamp) -> bool {

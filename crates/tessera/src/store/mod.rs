@@ -140,6 +140,14 @@ pub trait SessionStore: Send + Sync + 'static {
         max_per_user: usize,
         now: Timestamp,
     ) -> Result<Vec<SessionId>, StoreError>;
+    /// A live session of `user` from this instance's memory, without I/O, when the store keeps
+    /// a copy it can vouch for (Redis with the session cache on); `None` means "ask [`get`]".
+    /// A plain call, so a hit builds no future: `get`'s is boxed and sized for a round trip.
+    ///
+    /// [`get`]: SessionStore::get
+    fn get_cached(&self, _user: UserId, _id: SessionId, _now: Timestamp) -> Option<ActiveSession> {
+        None
+    }
     /// A live session of `user`, as authentication reads it (the hot path: one round trip).
     async fn get(
         &self,

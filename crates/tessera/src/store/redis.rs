@@ -894,21 +894,21 @@ impl SessionStore for RedisStore {
         Ok(evicted)
     }
 
+    fn get_cached(&self, user: UserId, id: SessionId, now: Timestamp) -> Option<ActiveSession> {
+        let cache = self.cache.as_ref()?;
+        cache.get(user, id).filter(|s| s.is_alive(now))
+    }
+
     async fn get(
         &self,
         user: UserId,
         id: SessionId,
         now: Timestamp,
     ) -> Result<Option<ActiveSession>, StoreError> {
-        let ticket = match &self.cache {
-            Some(cache) => {
-                if let Some(s) = cache.get(user, id).filter(|s| s.is_alive(now)) {
-                    return Ok(Some(s));
-                }
-                Some(cache.ticket(user, id))
-            }
-            None => None,
-        };
+        if let Some(s) = self.get_cached(user, id, now) {
+            return Ok(Some(s));
+        }
+        let ticket = self.cache.as_ref().map(|cache| cache.ticket(user, id));
         let key = &self.session_key(user, id);
         let reply: Value = self
             .run(|mut c| async move {
