@@ -379,3 +379,74 @@ fn the_binary_runs_on_jemalloc_with_its_configured_options() {
         assert!(stats.contains(option), "{option} missing from:\n{stats}");
     }
 }
+
+/// `RUST_LOG` filters by target (the usual case, which tessera serves without any per-span
+/// bookkeeping) and by span (`[request]=debug`: the debug events inside request spans), as
+/// `EnvFilter` documents both; an empty `RUST_LOG` means the default (info).
+#[tokio::test]
+async fn rust_log_filters_by_target_and_by_span() {
+    if !embedded() {
+        return; // a process-level test of the embedded default
+    }
+    let cases = [
+        // (RUST_LOG, a line that must be logged, a line that must not)
+        (
+            "warn,tessera::app=info",
+            "listening",
+            "started processing request",
+        ),
+        ("warn,tessera::app=info", "listening", "key ring loaded"),
+        (
+            "warn,tessera::app=info,[request]=debug",
+            "started processing request",
+            "key ring loaded",
+        ),
+        ("", "key ring loaded", "started processing request"),
+    ];
+    for (rust_log, logged, silent) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("stderr.log");
+        let mut child = tessera(dir.path())
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--public-url",
+                PUBLIC_URL,
+            ])
+            .env("RUST_LOG", rust_log)
+            .env("TESSERA_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        let addr = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(rest) = text.split("addr=").nth(1) {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "RUST_LOG={rust_log:?}: no address logged:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let res = reqwest::get(format!("http://{addr}/healthz"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        std::thread::sleep(Duration::from_millis(200));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains(logged),
+            "RUST_LOG={rust_log:?}: {logged:?} missing:\n{text}"
+        );
+        assert!(
+            !text.contains(silent),
+            "RUST_LOG={rust_log:?}: {silent:?} logged:\n{text}"
+        );
+    }
+}
