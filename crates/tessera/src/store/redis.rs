@@ -299,14 +299,14 @@ impl RedisStore {
         self.cache.as_ref().is_some_and(|c| c.is_tracking())
     }
 
-    /// The eviction policy, for the start-up warning: anything but `noeviction` may drop auth
-    /// keys under memory pressure (every key of ours has a TTL, so `volatile-*` can too).
-    pub async fn maxmemory_policy(&self) -> Option<String> {
+    /// A server setting (`CONFIG GET`), for the start-up advice; `None` when Redis does not
+    /// have it or does not allow `CONFIG` (managed services often do not).
+    pub async fn server_setting(&self, name: &str) -> Option<String> {
         let v: Vec<String> = self
             .run(|mut c| async move {
                 redis::cmd("CONFIG")
                     .arg("GET")
-                    .arg("maxmemory-policy")
+                    .arg(name)
                     .query_async(&mut c)
                     .await
             })

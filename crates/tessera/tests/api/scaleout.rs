@@ -370,3 +370,55 @@ async fn with_the_session_cache_verification_skips_redis_and_a_logout_elsewhere_
         );
     }
 }
+
+/// A session's Redis encoding with a browser's user agent, and whether start-up advised on it.
+async fn browser_session_on(redis: &servers::RedisProcess) -> (String, bool) {
+    const CHROME: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 \
+                          (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+    let dir = tempfile::tempdir().unwrap();
+    let url = redis.url();
+    let mut server = crate::cli::serve(
+        dir.path(),
+        &[
+            ("TESSERA_REDIS_URL", url.as_str()),
+            ("TESSERA_ADMIN_PASSWORD", ADMIN_PASSWORD),
+        ],
+    );
+    let advised = server
+        .stderr_head
+        .iter()
+        .any(|l| l.contains("hash-max-listpack-value"));
+    let res = reqwest::Client::new()
+        .post(format!("http://{}/login", server.addr))
+        .header("user-agent", CHROME)
+        .json(&json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let keys = servers::redis_cli(redis.port, &["--scan", "--pattern", "tessera:{u:*}:s:*"])
+        .unwrap_or_default();
+    let key = keys.lines().next().expect("the session's key").to_owned();
+    let encoding = servers::redis_cli(redis.port, &["object", "encoding", &key])
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    (encoding, advised)
+}
+
+#[tokio::test]
+async fn start_up_advises_the_hash_setting_that_keeps_browser_sessions_compact_in_redis() {
+    // Redis's default (64 bytes): a browser's user agent does not fit, the session hash takes
+    // the large encoding (measured: 662 bytes instead of 392), and start-up says so.
+    let default = servers::RedisProcess::start(&[]);
+    assert_eq!(
+        browser_session_on(&default).await,
+        ("hashtable".into(), true)
+    );
+    // At the recommended value the same session stays compact and nothing is said.
+    let recommended = tessera::app::RECOMMENDED_HASH_MAX_LISTPACK_VALUE.to_string();
+    let tuned = servers::RedisProcess::start(&["--hash-max-listpack-value", &recommended]);
+    assert_eq!(browser_session_on(&tuned).await, ("listpack".into(), false));
+}
