@@ -45,10 +45,17 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// How often histogram samples are folded into their buckets. The exporter keeps every sample
+/// until then (~8 bytes each): at 75k verifications/s, each with a request and a store latency,
+/// a 5 s period held ~6 MiB of samples at its peak, and the RSS measured at 256 connections
+/// swung between 37 and 47 MiB with the moment it was read. Folding costs the same per sample
+/// whatever the period.
+const UPKEEP_PERIOD: Duration = Duration::from_secs(1);
+
 /// Drains histogram buckets periodically (the exporter has no HTTP listener of its own here).
 pub fn spawn_upkeep() -> tokio::task::JoinHandle<()> {
     tokio::spawn(async {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut tick = tokio::time::interval(UPKEEP_PERIOD);
         loop {
             tick.tick().await;
             if let Some(h) = handle() {
