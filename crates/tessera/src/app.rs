@@ -132,8 +132,8 @@ pub async fn open_stores(settings: &Settings) -> anyhow::Result<Stores> {
 /// browser's user agent (~110 bytes; tessera clips it at 512), the packed authentication value
 /// once the username passes ~19 characters (an email address), or with a cookie session's hash
 /// (~120 bytes). Measured by `bench/run` on Redis 7.0 for a user named by an email address,
-/// per session with its share of the user's index: 735 / 847 / 927 bytes (API client, browser
-/// with a token, browser with a cookie) at 64; 399 / 527 / 591 at 512.
+/// per session with its share of the user's index: 703 / 815 / 895 bytes (API client, browser
+/// with a token, browser with a cookie) at 64; 399 / 527 / 591 at 512 (README, Performance).
 pub const RECOMMENDED_HASH_MAX_LISTPACK_VALUE: u32 = 512;
 
 /// Advises raising `hash-max-listpack-value` when it is below the recommendation (`setting` is
@@ -146,7 +146,7 @@ fn advise_on_hash_encoding(setting: Option<String>) {
         tracing::info!(
             hash_max_listpack_value = value,
             recommended = RECOMMENDED_HASH_MAX_LISTPACK_VALUE,
-            "sessions with a browser's user agent or a long username take ~1.6-1.8x the \
+            "sessions with a browser's user agent or a long username take ~1.5-1.8x the \
              Redis memory at this hash-max-listpack-value; set it to the recommended value"
         );
     }

@@ -411,7 +411,7 @@ async fn browser_session_on(redis: &servers::RedisProcess) -> (String, bool) {
 #[tokio::test]
 async fn start_up_advises_the_hash_setting_that_keeps_browser_sessions_compact_in_redis() {
     // Redis's default (64 bytes): a browser's user agent does not fit, the session hash takes
-    // the large encoding (measured: 662 bytes instead of 392), and start-up says so.
+    // the large encoding (measured for this session's hash alone: 662 bytes instead of 392), and start-up says so.
     let default = servers::RedisProcess::start(&[]);
     assert_eq!(
         browser_session_on(&default).await,
