@@ -202,7 +202,9 @@ pub struct RedisSentinel {
 
 impl RedisSentinel {
     pub fn start() -> Self {
-        let master = RedisProcess::start(&[]);
+        // Redis 7 sends a new replica its first copy without a disk file, after waiting 5 s
+        // for more replicas to share it: 5 s of every failover test spent waiting.
+        let master = RedisProcess::start(&["--repl-diskless-sync-delay", "0"]);
         let replica = RedisProcess::start(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
@@ -247,9 +249,21 @@ impl RedisSentinel {
         format!("redis+sentinel://127.0.0.1:{}/mymaster", self.sentinel.port)
     }
 
-    /// Waits until the replica has everything the master has.
+    /// Waits until the replica has everything the master has: its replication offset has
+    /// reached the master's. (`WAIT` from a client of its own proves nothing: it waits only for
+    /// that client's writes, and a fresh client has none, so it returns as soon as any replica
+    /// is connected, before tessera's writes have arrived.)
     pub fn wait_for_replication(&self) {
-        let _ = redis_cli(self.master.port, &["wait", "1", "5000"]);
+        let offset = |port: u16, field: &str| {
+            redis_cli(port, &["info", "replication"]).and_then(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix(field)?.trim().parse::<u64>().ok())
+            })
+        };
+        let target = offset(self.master.port, "master_repl_offset:").expect("master offset");
+        wait_until("replication", Path::new("/dev/null"), || {
+            offset(self.replica.port, "slave_repl_offset:").is_some_and(|o| o >= target)
+        });
     }
 
     /// Waits until the sentinel has promoted the replica.
