@@ -12,6 +12,7 @@ pub mod postgres;
 pub mod redis;
 pub mod session_cache;
 pub mod sqlite;
+pub mod wal_cache;
 
 use std::time::Duration;
 

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -15,6 +16,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row as _, SqliteConnection};
 
+use super::wal_cache::WalCache;
 use super::{RefreshPresentation, Rotation, SessionStore, StoreError, UserStore};
 use crate::domain::clock::Timestamp;
 use crate::domain::session::{ActiveSession, RefreshState, RotationDecision, Session, SessionId};
@@ -27,6 +29,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     pool: SqlitePool,
     timeout: Duration,
+    /// Sessions served without a query while the database provably has not changed.
+    cache: Option<Arc<WalCache>>,
 }
 
 impl SqliteStore {
@@ -54,14 +58,19 @@ impl SqliteStore {
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .acquire_timeout(timeout.max(super::OPEN_PATIENCE))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .context("cannot open the SQLite database")?;
         MIGRATOR
             .run(&pool)
             .await
             .context("cannot migrate the SQLite database")?;
-        Ok(Self { pool, timeout })
+        let cache = WalCache::open(&options).await.map(Arc::new);
+        Ok(Self {
+            pool,
+            timeout,
+            cache,
+        })
     }
 
     /// Runs a store operation under the store deadline.
@@ -321,12 +330,19 @@ impl SessionStore for SqliteStore {
         .await
     }
 
+    fn get_cached(&self, user: UserId, id: SessionId, now: Timestamp) -> Option<ActiveSession> {
+        let cache = self.cache.as_ref()?;
+        cache.get(user, id).filter(|s| s.is_alive(now))
+    }
+
     async fn get(
         &self,
         user: UserId,
         id: SessionId,
         now: Timestamp,
     ) -> Result<Option<ActiveSession>, StoreError> {
+        // Taken before the query: see `WalCache::insert`.
+        let generation = self.cache.as_ref().and_then(|c| c.generation());
         let row = self
             .deadline(
                 sqlx::query(
@@ -340,10 +356,15 @@ impl SessionStore for SqliteStore {
                 .fetch_optional(&self.pool),
             )
             .await?;
-        row.as_ref()
+        let session = row
+            .as_ref()
             .map(|r| active_from_row(r, user, id))
             .transpose()
-            .map_err(map_err)
+            .map_err(map_err)?;
+        if let (Some(cache), Some(generation), Some(s)) = (&self.cache, generation, &session) {
+            cache.insert(generation, s);
+        }
+        Ok(session)
     }
 
     async fn touch(
@@ -532,6 +553,111 @@ mod tests {
     use sqlx::Connection as _;
 
     use super::*;
+
+    /// A store on a fresh file with one user and one live session of theirs.
+    async fn store_with_a_session(dir: &Path) -> (SqliteStore, Session) {
+        let store = SqliteStore::open_file(&dir.join("t.db"), Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let at = Timestamp::from_millis;
+        let user = User {
+            id: UserId(uuid::Uuid::new_v4()),
+            username: Username::parse("alice").unwrap_or_else(|_| unreachable!()),
+            password_hash: "x".into(),
+            roles: Roles::from_csv("admin"),
+            disabled: false,
+            created_at: at(1_000),
+            updated_at: at(1_000),
+        };
+        UserStore::create(&store, &user)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let session = Session {
+            id: SessionId(uuid::Uuid::new_v4()),
+            user_id: user.id,
+            username: user.username.clone(),
+            roles: user.roles.clone(),
+            created_at: at(1_000),
+            last_seen_at: at(1_000),
+            idle_expires_at: at(10_000_000),
+            absolute_expires_at: at(20_000_000),
+            user_agent: None,
+            ip: None,
+            refresh: RefreshState {
+                generation: 0,
+                hash: [1; 32],
+                prev_hash: None,
+                rotated_at: None,
+            },
+            cookie_hash: None,
+        };
+        SessionStore::create(&store, &session, 10, at(1_000))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        (store, session)
+    }
+
+    /// Another process's write, as the CLI makes it: its own connection to the same file.
+    async fn delete_elsewhere(dir: &Path, id: SessionId) {
+        let url = format!("sqlite://{}", dir.join("t.db").display());
+        let mut other = sqlx::SqliteConnection::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        sqlx::query("DELETE FROM sessions WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&mut other)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    #[tokio::test]
+    async fn a_session_is_served_from_memory_until_another_connection_commits_anything() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (store, s) = store_with_a_session(dir.path()).await;
+        let now = Timestamp::from_millis(2_000);
+        assert!(
+            store.get_cached(s.user_id, s.id, now).is_none(),
+            "not read yet"
+        );
+        let read = store.get(s.user_id, s.id, now).await.ok().flatten();
+        assert_eq!(read.map(|r| r.id), Some(s.id));
+        let cached = store.get_cached(s.user_id, s.id, now);
+        assert_eq!(cached.map(|c| c.username), Some(s.username.clone()));
+        assert!(
+            store
+                .get_cached(s.user_id, s.id, Timestamp::from_millis(30_000_000))
+                .is_none(),
+            "an expired session is not served"
+        );
+
+        delete_elsewhere(dir.path(), s.id).await;
+        assert!(store.get_cached(s.user_id, s.id, now).is_none());
+        assert!(matches!(store.get(s.user_id, s.id, now).await, Ok(None)));
+    }
+
+    #[tokio::test]
+    async fn a_read_that_a_commit_overtook_is_never_served() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (store, s) = store_with_a_session(dir.path()).await;
+        let now = Timestamp::from_millis(2_000);
+        let cache = store.cache.clone().unwrap_or_else(|| panic!("no cache"));
+        let stale = store.get(s.user_id, s.id, now).await.ok().flatten();
+        let ticket = cache.generation();
+        delete_elsewhere(dir.path(), s.id).await; // lands while "our query" is in flight,
+        let _ = cache.generation(); // and another request notices it before our query returns
+        if let (Some(ticket), Some(stale)) = (ticket, &stale) {
+            cache.insert(ticket, stale);
+        }
+        assert!(store.get_cached(s.user_id, s.id, now).is_none());
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_database_reads_every_time() {
+        let store = SqliteStore::connect("sqlite::memory:", Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(store.cache.is_none());
+    }
 
     #[tokio::test]
     async fn opening_waits_out_a_lock_longer_than_the_store_deadline() {

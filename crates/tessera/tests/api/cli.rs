@@ -50,6 +50,38 @@ fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The embedded store serves a session verified once from memory (see `store::wal_cache`); a
+/// revocation by another process must still be refused at the very next request.
+#[tokio::test]
+async fn a_cli_revocation_is_refused_at_the_next_request_after_verifications_from_memory() {
+    let app = spawn_app().await;
+    ok(&run(
+        &app,
+        &["user", "add", "pat", "--password-stdin"],
+        "pat's long passphrase\n",
+    )
+    .await);
+    let revocations: [(&[&str], &str); 2] = [
+        (
+            &["user", "passwd", "pat", "--password-stdin"],
+            "pat's long passphrase",
+        ),
+        (&["user", "disable", "pat"], "pat's second passphrase"),
+    ];
+    for (command, passphrase) in revocations {
+        let t = app.login("pat", passphrase).await;
+        for _ in 0..5 {
+            assert_eq!(app.verify_status(&t.access).await, StatusCode::OK);
+        }
+        ok(&run(&app, command, "pat's second passphrase\n").await);
+        assert_eq!(
+            app.verify_status(&t.access).await,
+            StatusCode::UNAUTHORIZED,
+            "{command:?} is seen at the next request"
+        );
+    }
+}
+
 #[tokio::test]
 async fn cli_user_commands_act_on_a_running_servers_store() {
     let app = spawn_app().await;

@@ -1,0 +1,133 @@
+//! Query-free session reads for the embedded (SQLite) store, exact to the commit.
+//!
+//! A verification on the embedded store used to run one `SELECT`, which sqlx hands to the
+//! connection's worker thread and back: four context switches per request, ~64 µs of CPU at 64
+//! connections against ~20 for the same check on Redis (`bench/run`, this project's machine).
+//!
+//! In WAL mode every commit, by any connection of any process (the CLI's `user disable`, a
+//! second server on the same file, our own writes), rewrites the WAL-index header at the start
+//! of `<db>-shm` — its change counter and last valid frame — and that rewrite is what makes the
+//! commit visible to readers (<https://www.sqlite.org/walformat.html>, "the WAL-index header").
+//! So before a session is served from memory, the header's first copy (48 bytes, one `pread`
+//! from the page cache) is compared with the one seen when the entry was stored: unchanged
+//! proves that nothing has committed since, so the entry is what a query would return; any
+//! change starts a new generation, and entries of older generations are never served. The
+//! first request after any commit reads the database again: revocation stays immediate, for
+//! other processes' writes too. The header is compared as bytes, never interpreted.
+//!
+//! The cache holds a connection of its own for its whole life: SQLite deletes or resets the
+//! `-shm` file only when the last connection to the database closes, which then can never
+//! happen under the open handle.
+
+use std::fs::File;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use sqlx::ConnectOptions as _;
+use sqlx::SqliteConnection;
+use sqlx::sqlite::SqliteConnectOptions;
+
+use crate::domain::session::{ActiveSession, SessionId};
+use crate::domain::user::UserId;
+
+/// Length of one copy of the WAL-index header.
+const HEADER: usize = 48;
+
+/// Entries kept at most (a bound on memory; correctness does not depend on it).
+const CAPACITY: u64 = 100_000;
+
+/// How long an entry may stay unread (memory hygiene only: entries of an older generation are
+/// never served, whatever their age).
+const IDLE: Duration = Duration::from_secs(300);
+
+/// See the module docs.
+pub struct WalCache {
+    shm: File,
+    mark: Mutex<Mark>,
+    entries: moka::sync::Cache<(UserId, SessionId), (u64, ActiveSession)>,
+    /// Never used; held so that the `-shm` file outlives every other connection.
+    _keeper: Mutex<SqliteConnection>,
+}
+
+/// The header last seen and the generation it started.
+struct Mark {
+    header: [u8; HEADER],
+    generation: u64,
+}
+
+impl std::fmt::Debug for WalCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalCache")
+            .field("entries", &self.entries.entry_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl WalCache {
+    /// A cache over the WAL-mode database `options` opens, or `None` where commits cannot be
+    /// observed this way (an in-memory database, no `-shm` file): every read then queries.
+    pub async fn open(options: &SqliteConnectOptions) -> Option<Self> {
+        let keeper = options.connect().await.ok()?;
+        let mut path = options.get_filename().as_os_str().to_owned();
+        path.push("-shm");
+        let shm = File::open(path).ok()?;
+        let mut header = [0; HEADER];
+        read_header(&shm, &mut header).ok()?;
+        Some(Self {
+            shm,
+            mark: Mutex::new(Mark {
+                header,
+                generation: 0,
+            }),
+            entries: moka::sync::Cache::builder()
+                .max_capacity(CAPACITY)
+                .time_to_idle(IDLE)
+                .build(),
+            _keeper: Mutex::new(keeper),
+        })
+    }
+
+    /// The generation the database is at now: a new one if anything committed since the last
+    /// look. `None` if the header cannot be read (then nothing is served from memory).
+    pub fn generation(&self) -> Option<u64> {
+        let mut now = [0; HEADER];
+        read_header(&self.shm, &mut now).ok()?;
+        let mut mark = self.mark.lock().unwrap_or_else(PoisonError::into_inner);
+        if mark.header != now {
+            mark.header = now;
+            mark.generation += 1;
+            // Older entries are unreachable already; this frees them sooner.
+            self.entries.invalidate_all();
+        }
+        Some(mark.generation)
+    }
+
+    /// The session as the database holds it now, if it is in memory.
+    pub fn get(&self, user: UserId, id: SessionId) -> Option<ActiveSession> {
+        let generation = self.generation()?;
+        self.entries
+            .get(&(user, id))
+            .filter(|(g, _)| *g == generation)
+            .map(|(_, s)| s)
+    }
+
+    /// Keeps what a query returned; `generation` must have been taken before the query began,
+    /// so that a commit the query may have missed has started a newer generation.
+    pub fn insert(&self, generation: u64, session: &ActiveSession) {
+        self.entries
+            .insert((session.user_id, session.id), (generation, session.clone()));
+    }
+}
+
+/// The WAL-index header's first copy, read without moving a file cursor (readers share the
+/// handle).
+#[cfg(unix)]
+fn read_header(shm: &File, into: &mut [u8; HEADER]) -> std::io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(shm, into, 0)
+}
+
+/// Elsewhere the cache stays off.
+#[cfg(not(unix))]
+fn read_header(_shm: &File, _into: &mut [u8; HEADER]) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
+}
