@@ -374,22 +374,28 @@ impl SessionStore for SqliteStore {
         now: Timestamp,
         idle_expires_at: Timestamp,
     ) -> Result<(), StoreError> {
-        self.deadline(
-            sqlx::query(
-                "UPDATE sessions SET last_seen_at = ?, idle_expires_at = ?, \
+        let before = self.cache.as_ref().and_then(|c| c.header());
+        let done = self
+            .deadline(
+                sqlx::query(
+                    "UPDATE sessions SET last_seen_at = ?, idle_expires_at = ?, \
                  expires_at = MIN(?, absolute_expires_at) \
                  WHERE id = ? AND user_id = ? AND expires_at > ?",
+                )
+                .bind(now.as_millis())
+                .bind(idle_expires_at.as_millis())
+                .bind(idle_expires_at.as_millis())
+                .bind(id.to_string())
+                .bind(user.to_string())
+                .bind(now.as_millis())
+                .execute(&self.pool),
             )
-            .bind(now.as_millis())
-            .bind(idle_expires_at.as_millis())
-            .bind(idle_expires_at.as_millis())
-            .bind(id.to_string())
-            .bind(user.to_string())
-            .bind(now.as_millis())
-            .execute(&self.pool),
-        )
-        .await
-        .map(|_| ())
+            .await?;
+        // One row changed: this statement committed, so `own_commit` may attribute the commit.
+        if let (Some(cache), Some(before), 1) = (&self.cache, before, done.rows_affected()) {
+            cache.own_commit(before, user, id);
+        }
+        Ok(())
     }
 
     async fn list(&self, user: UserId, now: Timestamp) -> Result<Vec<Session>, StoreError> {
@@ -649,6 +655,78 @@ mod tests {
             cache.insert(ticket, stale);
         }
         assert!(store.get_cached(s.user_id, s.id, now).is_none());
+    }
+
+    /// A second session of the same user, read once so that both are in memory.
+    async fn two_sessions_in_memory(store: &SqliteStore, a: &Session) -> Session {
+        let b = Session {
+            id: SessionId(uuid::Uuid::new_v4()),
+            ..a.clone()
+        };
+        let now = Timestamp::from_millis(2_000);
+        SessionStore::create(store, &b, 10, now)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        for s in [a, &b] {
+            let _ = store.get(s.user_id, s.id, now).await;
+            assert!(store.get_cached(s.user_id, s.id, now).is_some());
+        }
+        b
+    }
+
+    #[tokio::test]
+    async fn a_touch_drops_only_its_own_session_from_memory() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (store, a) = store_with_a_session(dir.path()).await;
+        let b = two_sessions_in_memory(&store, &a).await;
+        let later = Timestamp::from_millis(70_000);
+        let idle = Timestamp::from_millis(3_670_000);
+        SessionStore::touch(&store, a.user_id, a.id, later, idle)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(store.get_cached(b.user_id, b.id, later).is_some());
+        assert!(store.get_cached(a.user_id, a.id, later).is_none());
+        let read = store.get(a.user_id, a.id, later).await.ok().flatten();
+        assert_eq!(read.map(|r| r.last_seen_at), Some(later));
+        let cached = store.get_cached(a.user_id, a.id, later);
+        assert_eq!(cached.map(|r| r.last_seen_at), Some(later), "read back");
+    }
+
+    #[tokio::test]
+    async fn a_touch_does_not_hide_another_processs_commit_before_it() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (store, a) = store_with_a_session(dir.path()).await;
+        let b = two_sessions_in_memory(&store, &a).await;
+        delete_elsewhere(dir.path(), b.id).await;
+        let later = Timestamp::from_millis(70_000);
+        SessionStore::touch(
+            &store,
+            a.user_id,
+            a.id,
+            later,
+            Timestamp::from_millis(3_670_000),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert!(store.get_cached(b.user_id, b.id, later).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_commit_elsewhere_during_a_touch_is_not_taken_for_the_touch() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (store, a) = store_with_a_session(dir.path()).await;
+        let b = two_sessions_in_memory(&store, &a).await;
+        let cache = store.cache.clone().unwrap_or_else(|| panic!("no cache"));
+        let before = cache.header().unwrap_or_else(|| panic!("no header"));
+        delete_elsewhere(dir.path(), b.id).await; // commits while our touch is in flight
+        sqlx::query("UPDATE sessions SET last_seen_at = 70000 WHERE id = ?")
+            .bind(a.id.to_string())
+            .execute(&store.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        cache.own_commit(before, a.user_id, a.id);
+        let now = Timestamp::from_millis(70_000);
+        assert!(store.get_cached(b.user_id, b.id, now).is_none());
     }
 
     #[tokio::test]

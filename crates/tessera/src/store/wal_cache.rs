@@ -13,7 +13,10 @@
 //! proves that nothing has committed since, so the entry is what a query would return; any
 //! change starts a new generation, and entries of older generations are never served. The
 //! first request after any commit reads the database again: revocation stays immediate, for
-//! other processes' writes too. The header is compared as bytes, never interpreted.
+//! other processes' writes too. One exception keeps the cache useful with many active
+//! sessions: our own touch (once a minute per active session) drops only the session it wrote
+//! when the header's change counter shows that no other commit came in between
+//! ([`WalCache::own_commit`]); otherwise the header is compared as bytes, never interpreted.
 //!
 //! The cache holds a connection of its own for its whole life: SQLite deletes or resets the
 //! `-shm` file only when the last connection to the database closes, which then can never
@@ -111,12 +114,44 @@ impl WalCache {
             .map(|(_, s)| s)
     }
 
+    /// The WAL-index header now, taken before a write for [`WalCache::own_commit`].
+    pub fn header(&self) -> Option<[u8; HEADER]> {
+        let mut now = [0; HEADER];
+        read_header(&self.shm, &mut now).ok()?;
+        Some(now)
+    }
+
+    /// After a write of ours that committed one transaction changing only the session
+    /// `(user, id)` (a touch: the one frequent write, once a minute per active session),
+    /// drops that session and keeps every other entry: the mark moves past the commit without
+    /// a new generation, provided the mark was current before the write (`before`) and the
+    /// header's change counter moved by exactly one since, so that the only commit in between
+    /// was ours. Anything else (another process's commit, a concurrent write of ours) leaves
+    /// the mark behind, and the next look starts a new generation as after any commit.
+    pub fn own_commit(&self, before: [u8; HEADER], user: UserId, id: SessionId) {
+        if let Some(after) = self.header() {
+            let mut mark = self.mark.lock().unwrap_or_else(PoisonError::into_inner);
+            if mark.header == before
+                && change_counter(&after) == change_counter(&before).wrapping_add(1)
+            {
+                mark.header = after;
+            }
+        }
+        self.entries.invalidate(&(user, id));
+    }
+
     /// Keeps what a query returned; `generation` must have been taken before the query began,
     /// so that a commit the query may have missed has started a newer generation.
     pub fn insert(&self, generation: u64, session: &ActiveSession) {
         self.entries
             .insert((session.user_id, session.id), (generation, session.clone()));
     }
+}
+
+/// The header's transaction counter (`iChange`: a native-endian `u32` at offset 8, incremented
+/// by every commit).
+fn change_counter(header: &[u8; HEADER]) -> u32 {
+    u32::from_ne_bytes([header[8], header[9], header[10], header[11]])
 }
 
 /// The WAL-index header's first copy, read without moving a file cursor (readers share the
