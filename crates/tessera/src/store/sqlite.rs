@@ -674,16 +674,22 @@ mod tests {
         b
     }
 
+    /// Records a use of `a` a minute after the sessions were read; returns that time.
+    async fn touch_a_minute_later(store: &SqliteStore, a: &Session) -> Timestamp {
+        let later = Timestamp::from_millis(70_000);
+        let idle = Timestamp::from_millis(3_670_000);
+        SessionStore::touch(store, a.user_id, a.id, later, idle)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        later
+    }
+
     #[tokio::test]
     async fn a_touch_drops_only_its_own_session_from_memory() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let (store, a) = store_with_a_session(dir.path()).await;
         let b = two_sessions_in_memory(&store, &a).await;
-        let later = Timestamp::from_millis(70_000);
-        let idle = Timestamp::from_millis(3_670_000);
-        SessionStore::touch(&store, a.user_id, a.id, later, idle)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let later = touch_a_minute_later(&store, &a).await;
         assert!(store.get_cached(b.user_id, b.id, later).is_some());
         assert!(store.get_cached(a.user_id, a.id, later).is_none());
         let read = store.get(a.user_id, a.id, later).await.ok().flatten();
@@ -698,16 +704,7 @@ mod tests {
         let (store, a) = store_with_a_session(dir.path()).await;
         let b = two_sessions_in_memory(&store, &a).await;
         delete_elsewhere(dir.path(), b.id).await;
-        let later = Timestamp::from_millis(70_000);
-        SessionStore::touch(
-            &store,
-            a.user_id,
-            a.id,
-            later,
-            Timestamp::from_millis(3_670_000),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
+        let later = touch_a_minute_later(&store, &a).await;
         assert!(store.get_cached(b.user_id, b.id, later).is_none());
     }
 
