@@ -34,19 +34,26 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if missing) and migrates the database at `url` (`sqlite://…`).
+    /// Opens (creating if missing) and migrates the database at `url` (`sqlite://…`): the
+    /// users of a deployment whose sessions live in Redis.
     pub async fn connect(url: &str, timeout: Duration) -> anyhow::Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .with_context(|| format!("invalid SQLite URL {url:?}"))?;
-        Self::open(options, timeout).await
+        Self::open(options, timeout, false).await
     }
 
-    /// Opens (creating if missing) and migrates the database file at `path`.
+    /// Opens (creating if missing) and migrates the database file at `path`: the embedded
+    /// store, sessions included, read through a [`WalCache`]. (Only here: a URL may name a VFS
+    /// that keeps the WAL index in the process's heap, which the cache cannot observe.)
     pub async fn open_file(path: &Path, timeout: Duration) -> anyhow::Result<Self> {
-        Self::open(SqliteConnectOptions::new().filename(path), timeout).await
+        Self::open(SqliteConnectOptions::new().filename(path), timeout, true).await
     }
 
-    async fn open(options: SqliteConnectOptions, timeout: Duration) -> anyhow::Result<Self> {
+    async fn open(
+        options: SqliteConnectOptions,
+        timeout: Duration,
+        sessions: bool,
+    ) -> anyhow::Result<Self> {
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -65,7 +72,11 @@ impl SqliteStore {
             .run(&pool)
             .await
             .context("cannot migrate the SQLite database")?;
-        let cache = WalCache::open(&options).await.map(Arc::new);
+        let cache = if sessions {
+            WalCache::open(&options).await.map(Arc::new)
+        } else {
+            None
+        };
         Ok(Self {
             pool,
             timeout,
@@ -728,10 +739,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_in_memory_database_reads_every_time() {
-        let store = SqliteStore::connect("sqlite::memory:", Duration::from_secs(5))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert!(store.cache.is_none());
+        let options =
+            SqliteConnectOptions::from_str("sqlite::memory:").unwrap_or_else(|e| panic!("{e}"));
+        assert!(WalCache::open(&options).await.is_none());
     }
 
     #[tokio::test]
