@@ -324,6 +324,61 @@ async fn a_session_survives_kill_9_of_the_server() {
     s.child.wait().unwrap();
 }
 
+/// The server's count of SQLite calls, from its own `/metrics` (a process of its own: the
+/// in-process test servers share one recorder).
+async fn sqlite_calls(client: &reqwest::Client, addr: &str) -> u64 {
+    let text = client
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("tessera_store_duration_seconds_count{store=\"sqlite\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .expect("/metrics counts the SQLite calls")
+}
+
+#[tokio::test]
+async fn repeated_verifications_on_the_embedded_store_do_not_query_it() {
+    if !embedded() {
+        return; // a process-level test of the embedded default
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = serve(dir.path(), &[("TESSERA_ADMIN_PASSWORD", ADMIN_PASSWORD)]);
+    let client = reqwest::Client::new();
+    let body: Value = client
+        .post(format!("http://{}/login", s.addr))
+        .json(&serde_json::json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = body["access_token"].as_str().unwrap().to_owned();
+    let verify = || {
+        client
+            .get(format!("http://{}/verify", s.addr))
+            .bearer_auth(&access)
+            .send()
+    };
+    assert_eq!(verify().await.unwrap().status(), StatusCode::OK); // read, and kept
+    let before = sqlite_calls(&client, &s.addr).await;
+    for _ in 0..50 {
+        assert_eq!(verify().await.unwrap().status(), StatusCode::OK);
+    }
+    let calls = sqlite_calls(&client, &s.addr).await - before;
+    // Background work (the minute's sweep) may query once or twice meanwhile; without the
+    // cache each verification is a query.
+    assert!(calls < 5, "{calls} SQLite calls for 50 verifications");
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+}
+
 #[tokio::test]
 async fn sigterm_stops_the_server_with_exit_code_0() {
     if !embedded() {
