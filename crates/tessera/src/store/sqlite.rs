@@ -73,7 +73,14 @@ impl SqliteStore {
             .await
             .context("cannot migrate the SQLite database")?;
         let cache = if sessions {
-            WalCache::open(&options).await.map(Arc::new)
+            let cache = WalCache::open(&options).await.map(Arc::new);
+            if cache.is_none() {
+                tracing::warn!(
+                    "the SQLite WAL index (<database>-shm) cannot be read: every verification \
+                     queries the database"
+                );
+            }
+            cache
         } else {
             None
         };
