@@ -132,6 +132,15 @@ impl Policy {
     }
 }
 
+/// A credential as the request presented it. (No `Debug`: it is a secret.)
+#[derive(Clone, Copy)]
+pub enum Credential<'a> {
+    /// An access token (`Authorization: Bearer`).
+    Bearer(&'a str),
+    /// The browser's session cookie's value.
+    Cookie(&'a str),
+}
+
 /// Who is calling, as the session record says.
 #[derive(Clone, Debug)]
 pub struct Principal {
@@ -686,6 +695,14 @@ impl Auth {
         }
     }
 
+    /// The session `credential` belongs to, alive; slides its idle expiry.
+    pub async fn authenticate(&self, credential: Credential<'_>) -> Result<Principal, AuthError> {
+        match credential {
+            Credential::Bearer(token) => self.authenticate_bearer(token).await,
+            Credential::Cookie(value) => self.authenticate_cookie(value).await,
+        }
+    }
+
     /// Verifies an access token and that its session is alive; slides the idle expiry.
     /// This is the hot path: one key lookup, one signature check, one store read, and a store
     /// write at most once per [`touch_interval`](crate::domain::session::touch_interval).
@@ -884,9 +901,43 @@ impl Auth {
 
     // ----- users ---------------------------------------------------------------------------
 
-    /// The caller's profile, from the cache when fresh (returns when it was cached).
-    pub async fn profile(&self, who: &Principal) -> Result<(Profile, Timestamp), AuthError> {
-        if let Some(hit) = self.profiles.get(who.user_id).await? {
+    /// `GET /profile`: authenticates `credential` like [`Auth::authenticate`] and returns the
+    /// profile of its user (and when it was cached). The credential names its user before any
+    /// store read, so the profile cache is read *beside* the session, not after it: on Redis
+    /// both commands leave in one write and come back in one read, one round trip instead of
+    /// two. A profile read for a credential that then fails is dropped unseen.
+    pub async fn profile_of(
+        &self,
+        credential: Credential<'_>,
+    ) -> Result<(Profile, Timestamp), AuthError> {
+        let now = self.now();
+        let (user, sid, cookie) = match credential {
+            Credential::Bearer(token) => {
+                let VerifiedToken { user, sid, .. } = self.verified_token(token, now).await?;
+                (user, sid, None)
+            }
+            Credential::Cookie(value) => {
+                let c = SessionCookie::decode(value).ok_or(AuthError::InvalidToken)?;
+                (c.user_id, c.session_id, Some(c))
+            }
+        };
+        let (session, cached) =
+            tokio::join!(self.live_session(user, sid, now), self.profiles.get(user));
+        let session = session?;
+        if cookie.is_some_and(|c| !c.matches(session.cookie_hash.as_ref())) {
+            return Err(AuthError::InvalidToken);
+        }
+        self.record_use(&session, now).await?;
+        self.profile_from(user, cached?).await
+    }
+
+    /// A user's profile: `cached` when there was a fresh entry, else read and cached.
+    async fn profile_from(
+        &self,
+        user: UserId,
+        cached: Option<CachedProfile>,
+    ) -> Result<(Profile, Timestamp), AuthError> {
+        if let Some(hit) = cached {
             let username = Username::parse(&hit.username)
                 .map_err(|_| AuthError::Unexpected(anyhow::anyhow!("corrupt cached profile")))?;
             let profile = Profile {
@@ -901,7 +952,7 @@ impl Auth {
         }
         let user = self
             .users
-            .by_id(who.user_id)
+            .by_id(user)
             .await?
             .ok_or(AuthError::InvalidToken)?;
         let now = self.now();

@@ -213,9 +213,10 @@ pub struct ProfileResponse {
         (status = 503, description = "Store unavailable", body = ErrorResponse)))]
 pub async fn profile(
     State(state): State<AppState>,
-    Authenticated(who): Authenticated,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let (p, cached_at) = state.auth.profile(&who).await?;
+    let credential = super::extract::credential(&headers, &state)?;
+    let (p, cached_at) = state.auth.profile_of(credential).await?;
     Ok(no_store(
         Json(ProfileResponse {
             id: p.id,

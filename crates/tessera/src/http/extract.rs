@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 use super::AppState;
 use super::error::ApiError;
-use crate::service::{AuthError, ClientInfo, Principal};
+use crate::service::{AuthError, ClientInfo, Credential, Principal};
 
 /// A JSON body whose rejections are [`ApiError`]s.
 #[derive(FromRequest)]
@@ -68,18 +68,26 @@ pub fn bearer(headers: &HeaderMap) -> Result<Option<&str>, AuthError> {
 /// A request authenticated by an access token whose session is alive.
 pub struct Authenticated(pub Principal);
 
+/// The credential a request presents: its bearer token, else its session cookie. (The CSRF
+/// guard has already vetted unsafe cookie-authenticated requests.)
+pub fn credential<'a>(
+    headers: &'a HeaderMap,
+    state: &AppState,
+) -> Result<Credential<'a>, AuthError> {
+    if let Some(token) = bearer(headers)? {
+        return Ok(Credential::Bearer(token));
+    }
+    super::browser::cookie(headers, state.http.cookies.session)
+        .map(Credential::Cookie)
+        .ok_or(AuthError::Unauthenticated)
+}
+
 impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        if let Some(token) = bearer(&parts.headers)? {
-            return Ok(Self(state.auth.authenticate_bearer(token).await?));
-        }
-        // The CSRF guard has already vetted unsafe cookie-authenticated requests.
-        match super::browser::cookie(&parts.headers, state.http.cookies.session) {
-            Some(value) => Ok(Self(state.auth.authenticate_cookie(value).await?)),
-            None => Err(AuthError::Unauthenticated.into()),
-        }
+        let credential = credential(&parts.headers, state)?;
+        Ok(Self(state.auth.authenticate(credential).await?))
     }
 }
 

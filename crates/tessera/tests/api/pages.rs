@@ -639,3 +639,33 @@ async fn json_routes_accept_the_cookie_with_the_csrf_header() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::NO_CONTENT);
 }
+
+/// A cookie that names a live session (its user and session ids are not secret) but carries
+/// another secret is refused by every route that reads the cookie, and does not disturb the
+/// real one.
+#[tokio::test]
+async fn a_session_cookie_with_the_wrong_secret_is_refused_everywhere() {
+    let app = spawn_app().await;
+    app.add_user("ida", &[]).await;
+    let b = Browser::new(&app);
+    b.sign_in("ida", PASSWORD).await;
+    let genuine = b.cookie(SESSION).unwrap();
+    let (ids, secret) = genuine.rsplit_once('.').unwrap();
+    let other = if secret.starts_with('A') { 'B' } else { 'A' };
+    let forged = format!("{ids}.{other}{}", &secret[1..]);
+    for path in ["/verify", "/profile", "/sessions"] {
+        for (cookie, expected) in [
+            (&forged, StatusCode::UNAUTHORIZED),
+            (&genuine, StatusCode::OK),
+        ] {
+            let res = app
+                .client
+                .get(app.url(path))
+                .header("cookie", format!("{SESSION}={cookie}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), expected, "{path}");
+        }
+    }
+}
