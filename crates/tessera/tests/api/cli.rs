@@ -299,16 +299,7 @@ async fn a_session_survives_kill_9_of_the_server() {
     let env = [("TESSERA_ADMIN_PASSWORD", ADMIN_PASSWORD)];
     let mut s = serve(dir.path(), &env);
     let client = reqwest::Client::new();
-    let body: Value = client
-        .post(format!("http://{}/login", s.addr))
-        .json(&serde_json::json!({"username": "admin", "password": ADMIN_PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let access = body["access_token"].as_str().unwrap().to_owned();
+    let access = admin_access_token(&client, &s.addr).await;
     s.child.kill().unwrap(); // SIGKILL
     s.child.wait().unwrap();
 
@@ -322,6 +313,20 @@ async fn a_session_survives_kill_9_of_the_server() {
     assert_eq!(res.status(), StatusCode::OK);
     s.child.kill().unwrap();
     s.child.wait().unwrap();
+}
+
+/// Logs the admin in on a server process; its access token.
+async fn admin_access_token(client: &reqwest::Client, addr: &str) -> String {
+    let body: Value = client
+        .post(format!("http://{addr}/login"))
+        .json(&serde_json::json!({"username": "admin", "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["access_token"].as_str().unwrap().to_owned()
 }
 
 /// The server's count of SQLite calls, from its own `/metrics` (a process of its own: the
@@ -350,16 +355,7 @@ async fn repeated_verifications_on_the_embedded_store_do_not_query_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = serve(dir.path(), &[("TESSERA_ADMIN_PASSWORD", ADMIN_PASSWORD)]);
     let client = reqwest::Client::new();
-    let body: Value = client
-        .post(format!("http://{}/login", s.addr))
-        .json(&serde_json::json!({"username": "admin", "password": ADMIN_PASSWORD}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let access = body["access_token"].as_str().unwrap().to_owned();
+    let access = admin_access_token(&client, &s.addr).await;
     let verify = || {
         client
             .get(format!("http://{}/verify", s.addr))
