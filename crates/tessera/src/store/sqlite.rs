@@ -392,7 +392,10 @@ impl SessionStore for SqliteStore {
         now: Timestamp,
         idle_expires_at: Timestamp,
     ) -> Result<(), StoreError> {
-        let before = self.cache.as_ref().and_then(|c| c.header());
+        let touch = match &self.cache {
+            Some(cache) => cache.touch(self.timeout).await,
+            None => None,
+        };
         let done = self
             .deadline(
                 sqlx::query(
@@ -409,9 +412,9 @@ impl SessionStore for SqliteStore {
                 .execute(&self.pool),
             )
             .await?;
-        // One row changed: this statement committed, so `own_commit` may attribute the commit.
-        if let (Some(cache), Some(before), 1) = (&self.cache, before, done.rows_affected()) {
-            cache.own_commit(before, user, id);
+        // One row changed: this statement committed, so the commit may be attributed to it.
+        if let (Some(touch), 1) = (touch, done.rows_affected()) {
+            touch.committed(user, id);
         }
         Ok(())
     }
@@ -727,20 +730,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_reader_between_a_touchs_commit_and_its_check_neither_trusts_nor_flushes() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (store, a) = store_with_a_session(dir.path()).await;
+        let b = two_sessions_in_memory(&store, &a).await;
+        let cache = store.cache.clone().unwrap_or_else(|| panic!("no cache"));
+        let touch = cache.touch(Duration::from_secs(1)).await;
+        let touch = touch.unwrap_or_else(|| panic!("no touch"));
+        sqlx::query("UPDATE sessions SET last_seen_at = 70000 WHERE id = ?")
+            .bind(a.id.to_string())
+            .execute(&store.pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let now = Timestamp::from_millis(70_000);
+        assert!(
+            store.get_cached(b.user_id, b.id, now).is_none(),
+            "not trusted yet"
+        );
+        touch.committed(a.user_id, a.id);
+        assert!(
+            store.get_cached(b.user_id, b.id, now).is_some(),
+            "nothing flushed"
+        );
+        assert!(store.get_cached(a.user_id, a.id, now).is_none());
+    }
+
+    #[tokio::test]
     async fn a_commit_elsewhere_during_a_touch_is_not_taken_for_the_touch() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let (store, a) = store_with_a_session(dir.path()).await;
         let b = two_sessions_in_memory(&store, &a).await;
         let cache = store.cache.clone().unwrap_or_else(|| panic!("no cache"));
-        let before = cache.header().unwrap_or_else(|| panic!("no header"));
+        let touch = cache.touch(Duration::from_secs(1)).await;
+        let touch = touch.unwrap_or_else(|| panic!("no touch"));
         delete_elsewhere(dir.path(), b.id).await; // commits while our touch is in flight
         sqlx::query("UPDATE sessions SET last_seen_at = 70000 WHERE id = ?")
             .bind(a.id.to_string())
             .execute(&store.pool)
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        cache.own_commit(before, a.user_id, a.id);
         let now = Timestamp::from_millis(70_000);
+        assert!(
+            store.get_cached(b.user_id, b.id, now).is_none(),
+            "while the touch is in flight, a changed header is not trusted"
+        );
+        touch.committed(a.user_id, a.id);
         assert!(store.get_cached(b.user_id, b.id, now).is_none());
     }
 

@@ -50,12 +50,19 @@ pub struct WalCache {
     entries: moka::sync::Cache<(UserId, SessionId), (u64, ActiveSession)>,
     /// Never used; held so that the `-shm` file outlives every other connection.
     _keeper: Mutex<SqliteConnection>,
+    /// Held across a touch (header, write, [`WalCache::own_commit`]), so that this process's
+    /// touches never overlap: two at once would each see the counter move by two, and flush.
+    touches: tokio::sync::Mutex<()>,
 }
 
 /// The header last seen and the generation it started.
 struct Mark {
     header: [u8; HEADER],
     generation: u64,
+    /// Set while one of our touches is between its write and [`Touch::committed`]: a header
+    /// change seen then may be that touch, so readers go to the database meanwhile instead of
+    /// starting a new generation (which the touch's own check may make unnecessary).
+    touching: bool,
 }
 
 impl std::fmt::Debug for WalCache {
@@ -81,12 +88,14 @@ impl WalCache {
             mark: Mutex::new(Mark {
                 header,
                 generation: 0,
+                touching: false,
             }),
             entries: moka::sync::Cache::builder()
                 .max_capacity(CAPACITY)
                 .time_to_idle(IDLE)
                 .build(),
             _keeper: Mutex::new(keeper),
+            touches: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -97,12 +106,20 @@ impl WalCache {
         read_header(&self.shm, &mut now).ok()?;
         let mut mark = self.mark.lock().unwrap_or_else(PoisonError::into_inner);
         if mark.header != now {
-            mark.header = now;
-            mark.generation += 1;
-            // Older entries are unreachable already; this frees them sooner.
-            self.entries.invalidate_all();
+            if mark.touching {
+                return None;
+            }
+            self.advance(&mut mark, now);
         }
         Some(mark.generation)
+    }
+
+    /// Starts a new generation at `header`.
+    fn advance(&self, mark: &mut Mark, header: [u8; HEADER]) {
+        mark.header = header;
+        mark.generation += 1;
+        // Older entries are unreachable already; this frees them sooner.
+        self.entries.invalidate_all();
     }
 
     /// The session as the database holds it now, if it is in memory.
@@ -114,30 +131,30 @@ impl WalCache {
             .map(|(_, s)| s)
     }
 
-    /// The WAL-index header now, taken before a write for [`WalCache::own_commit`].
-    pub fn header(&self) -> Option<[u8; HEADER]> {
+    /// Starts a touch of ours (see [`Touch`]); `None` if another touch of this process is still
+    /// running after `patience` (the touch then goes ahead unattributed: at worst a flush).
+    pub async fn touch(&self, patience: Duration) -> Option<Touch<'_>> {
+        let serial = tokio::time::timeout(patience, self.touches.lock())
+            .await
+            .ok()?;
+        let before = self.header()?;
+        let mut mark = self.mark.lock().unwrap_or_else(PoisonError::into_inner);
+        if mark.header != before {
+            self.advance(&mut mark, before); // an earlier commit nobody has looked at yet
+        }
+        mark.touching = true;
+        Some(Touch {
+            cache: self,
+            before,
+            _serial: serial,
+        })
+    }
+
+    /// The WAL-index header now.
+    fn header(&self) -> Option<[u8; HEADER]> {
         let mut now = [0; HEADER];
         read_header(&self.shm, &mut now).ok()?;
         Some(now)
-    }
-
-    /// After a write of ours that committed one transaction changing only the session
-    /// `(user, id)` (a touch: the one frequent write, once a minute per active session),
-    /// drops that session and keeps every other entry: the mark moves past the commit without
-    /// a new generation, provided the mark was current before the write (`before`) and the
-    /// header's change counter moved by exactly one since, so that the only commit in between
-    /// was ours. Anything else (another process's commit, a concurrent write of ours) leaves
-    /// the mark behind, and the next look starts a new generation as after any commit.
-    pub fn own_commit(&self, before: [u8; HEADER], user: UserId, id: SessionId) {
-        if let Some(after) = self.header() {
-            let mut mark = self.mark.lock().unwrap_or_else(PoisonError::into_inner);
-            if mark.header == before
-                && change_counter(&after) == change_counter(&before).wrapping_add(1)
-            {
-                mark.header = after;
-            }
-        }
-        self.entries.invalidate(&(user, id));
     }
 
     /// Keeps what a query returned; `generation` must have been taken before the query began,
@@ -145,6 +162,47 @@ impl WalCache {
     pub fn insert(&self, generation: u64, session: &ActiveSession) {
         self.entries
             .insert((session.user_id, session.id), (generation, session.clone()));
+    }
+}
+
+/// One touch of ours (the one frequent write: a session's idle expiry, once a minute per active
+/// session), attributed so that it drops only its own session instead of the whole cache.
+/// Touches of this process run one at a time; while one is in flight, readers that see the
+/// header change query the database rather than start a new generation. Afterwards
+/// [`Touch::committed`] keeps the generation if the header's change counter moved by exactly
+/// one, so that the only commit in between was this touch's; any other outcome, or dropping the
+/// touch without that call (an error, no row changed), leaves the next look to start a new
+/// generation as after any commit.
+pub struct Touch<'a> {
+    cache: &'a WalCache,
+    before: [u8; HEADER],
+    _serial: tokio::sync::MutexGuard<'a, ()>,
+}
+
+impl Touch<'_> {
+    /// The touch committed one transaction that changed only the session `(user, id)`.
+    pub fn committed(self, user: UserId, id: SessionId) {
+        let cache = self.cache;
+        if let Some(after) = cache.header() {
+            let mut mark = cache.mark.lock().unwrap_or_else(PoisonError::into_inner);
+            if change_counter(&after) == change_counter(&self.before).wrapping_add(1) {
+                mark.header = after;
+            } else {
+                cache.advance(&mut mark, after);
+            }
+        }
+        cache.entries.invalidate(&(user, id));
+    }
+}
+
+impl Drop for Touch<'_> {
+    fn drop(&mut self) {
+        let mut mark = self
+            .cache
+            .mark
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        mark.touching = false;
     }
 }
 
