@@ -15,8 +15,8 @@
 //! first request after any commit reads the database again: revocation stays immediate, for
 //! other processes' writes too. One exception keeps the cache useful with many active
 //! sessions: our own touch (once a minute per active session) drops only the session it wrote
-//! when the header's change counter shows that no other commit came in between
-//! ([`WalCache::own_commit`]); otherwise the header is compared as bytes, never interpreted.
+//! when the header's change counter shows that no other commit came in between ([`Touch`]);
+//! otherwise the header is compared as bytes, never interpreted.
 //!
 //! The cache holds a connection of its own for its whole life: SQLite deletes or resets the
 //! `-shm` file only when the last connection to the database closes, which then can never
