@@ -50,8 +50,8 @@ pub struct WalCache {
     entries: moka::sync::Cache<(UserId, SessionId), (u64, ActiveSession)>,
     /// Never used; held so that the `-shm` file outlives every other connection.
     _keeper: Mutex<SqliteConnection>,
-    /// Held across a touch (header, write, [`WalCache::own_commit`]), so that this process's
-    /// touches never overlap: two at once would each see the counter move by two, and flush.
+    /// Held for the length of a [`Touch`], so that this process's touches never overlap: two at
+    /// once would each see the counter move by two, and flush.
     touches: tokio::sync::Mutex<()>,
 }
 
