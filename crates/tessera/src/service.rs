@@ -141,6 +141,14 @@ pub enum Credential<'a> {
     Cookie(&'a str),
 }
 
+/// What a credential says before any store read ([`Auth::claim`]).
+struct Claim {
+    user: UserId,
+    sid: SessionId,
+    /// The cookie, whose secret is checked against the session's.
+    cookie: Option<SessionCookie>,
+}
+
 /// Who is calling, as the session record says.
 #[derive(Clone, Debug)]
 pub struct Principal {
@@ -695,37 +703,54 @@ impl Auth {
         }
     }
 
-    /// The session `credential` belongs to, alive; slides its idle expiry.
+    /// The session `credential` belongs to, alive; slides its idle expiry. This is the hot
+    /// path: for a bearer token one key lookup and signature check (cached per token), one
+    /// store read, and a store write at most once per
+    /// [`touch_interval`](crate::domain::session::touch_interval).
     pub async fn authenticate(&self, credential: Credential<'_>) -> Result<Principal, AuthError> {
+        let now = self.now();
+        let claim = self.claim(credential, now).await?;
+        let session = self.live_session(claim.user, claim.sid, now).await?;
+        self.admit(claim.cookie, session, now).await
+    }
+
+    /// What a credential says before any store read: a verified token's user and session, or
+    /// a well-formed cookie's (whose secret [`Auth::admit`] checks against the session).
+    async fn claim(&self, credential: Credential<'_>, now: Timestamp) -> Result<Claim, AuthError> {
         match credential {
-            Credential::Bearer(token) => self.authenticate_bearer(token).await,
-            Credential::Cookie(value) => self.authenticate_cookie(value).await,
+            Credential::Bearer(token) => {
+                let VerifiedToken { user, sid, .. } = self.verified_token(token, now).await?;
+                Ok(Claim {
+                    user,
+                    sid,
+                    cookie: None,
+                })
+            }
+            Credential::Cookie(value) => {
+                let cookie = SessionCookie::decode(value).ok_or(AuthError::InvalidToken)?;
+                Ok(Claim {
+                    user: cookie.user_id,
+                    sid: cookie.session_id,
+                    cookie: Some(cookie),
+                })
+            }
         }
     }
 
-    /// Verifies an access token and that its session is alive; slides the idle expiry.
-    /// This is the hot path: one key lookup, one signature check, one store read, and a store
-    /// write at most once per [`touch_interval`](crate::domain::session::touch_interval).
-    pub async fn authenticate_bearer(&self, token: &str) -> Result<Principal, AuthError> {
-        let now = self.now();
-        let VerifiedToken { user, sid, .. } = self.verified_token(token, now).await?;
-        let session = self.live_session(user, sid, now).await?;
-        self.record_use(&session, now).await?;
-        Ok(Principal::from_session(session, false))
-    }
-
-    /// Authenticates the browser's session cookie; slides the idle expiry like a bearer token.
-    pub async fn authenticate_cookie(&self, value: &str) -> Result<Principal, AuthError> {
-        let cookie = SessionCookie::decode(value).ok_or(AuthError::InvalidToken)?;
-        let now = self.now();
-        let session = self
-            .live_session(cookie.user_id, cookie.session_id, now)
-            .await?;
-        if !cookie.matches(session.cookie_hash.as_ref()) {
+    /// The caller of a claim whose session is alive: the cookie's secret must be the session's,
+    /// and the use slides the idle expiry.
+    async fn admit(
+        &self,
+        cookie: Option<SessionCookie>,
+        session: ActiveSession,
+        now: Timestamp,
+    ) -> Result<Principal, AuthError> {
+        let via_cookie = cookie.is_some();
+        if cookie.is_some_and(|c| !c.matches(session.cookie_hash.as_ref())) {
             return Err(AuthError::InvalidToken);
         }
         self.record_use(&session, now).await?;
-        Ok(Principal::from_session(session, true))
+        Ok(Principal::from_session(session, via_cookie))
     }
 
     /// The live session a credential names: from the store's memory when it has it (no round
@@ -911,24 +936,13 @@ impl Auth {
         credential: Credential<'_>,
     ) -> Result<(Profile, Timestamp), AuthError> {
         let now = self.now();
-        let (user, sid, cookie) = match credential {
-            Credential::Bearer(token) => {
-                let VerifiedToken { user, sid, .. } = self.verified_token(token, now).await?;
-                (user, sid, None)
-            }
-            Credential::Cookie(value) => {
-                let c = SessionCookie::decode(value).ok_or(AuthError::InvalidToken)?;
-                (c.user_id, c.session_id, Some(c))
-            }
-        };
-        let (session, cached) =
-            tokio::join!(self.live_session(user, sid, now), self.profiles.get(user));
-        let session = session?;
-        if cookie.is_some_and(|c| !c.matches(session.cookie_hash.as_ref())) {
-            return Err(AuthError::InvalidToken);
-        }
-        self.record_use(&session, now).await?;
-        self.profile_from(user, cached?).await
+        let claim = self.claim(credential, now).await?;
+        let (session, cached) = tokio::join!(
+            self.live_session(claim.user, claim.sid, now),
+            self.profiles.get(claim.user)
+        );
+        let who = self.admit(claim.cookie, session?, now).await?;
+        self.profile_from(who.user_id, cached?).await
     }
 
     /// A user's profile: `cached` when there was a fresh entry, else read and cached.

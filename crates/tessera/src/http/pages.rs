@@ -15,7 +15,7 @@ use super::extract::{Client, Query};
 use crate::domain::clock::Timestamp;
 use crate::domain::cookie::{LoginCsrf, login_nonce};
 use crate::domain::session::SessionId;
-use crate::service::{AuthError, LogoutScope, Principal};
+use crate::service::{AuthError, Credential, LogoutScope, Principal};
 
 /// The compiled templates.
 pub struct Templates {
@@ -81,7 +81,7 @@ async fn browser_user(
     let Some(value) = cookie(headers, state.http.cookies.session) else {
         return Ok(None);
     };
-    match state.auth.authenticate_cookie(value).await {
+    match state.auth.authenticate(Credential::Cookie(value)).await {
         Ok(p) => Ok(Some(p)),
         Err(AuthError::InvalidToken) => Ok(None),
         Err(e) => Err(e),

@@ -102,8 +102,7 @@ impl WalCache {
     /// The generation the database is at now: a new one if anything committed since the last
     /// look. `None` if the header cannot be read (then nothing is served from memory).
     pub fn generation(&self) -> Option<u64> {
-        let mut now = [0; HEADER];
-        read_header(&self.shm, &mut now).ok()?;
+        let now = self.header()?;
         let mut mark = self.mark.lock().unwrap_or_else(PoisonError::into_inner);
         if mark.header != now {
             if mark.touching {
