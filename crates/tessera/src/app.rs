@@ -263,18 +263,18 @@ impl Application {
         let auth = open_service(&settings, clock).await?;
         bootstrap_admin(&auth, settings.admin_password.clone()).await?;
         let public = settings.issuer();
-        let state = AppState {
+        let state = AppState::new(http::Shared {
             auth,
-            http: Arc::new(HttpSettings {
+            http: HttpSettings {
                 trusted_proxies: settings.trusted_proxies.clone(),
                 max_body_bytes: settings.max_body_bytes as usize,
                 cookies: Cookies::new(public.starts_with("https://"), settings.session_lifetime),
                 public_origin: origin_of(&public),
                 allowed_redirect_hosts: settings.allowed_redirect_hosts.clone(),
-            }),
-            templates: Arc::new(Templates::new()?),
+            },
+            templates: Templates::new()?,
             shutting_down: Arc::new(AtomicBool::new(false)),
-        };
+        });
         Ok(Self {
             listener,
             tls,
