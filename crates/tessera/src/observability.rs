@@ -107,9 +107,22 @@ impl HttpTracker {
             Route::Matched(m) => m.as_str(),
             Route::Fixed(r) => r,
         };
-        let (count, latency) = http_metrics(self.method, route, res.status().as_u16());
-        count.increment(1);
-        latency.record(self.started.elapsed().as_secs_f64());
+        let status = res.status().as_u16();
+        let latency = self.started.elapsed().as_secs_f64();
+        LOCAL_HTTP_METRICS.with_borrow_mut(|local| {
+            let found = local
+                .iter()
+                .find(|(m, s, r, _, _)| *s == status && *m == self.method && **r == *route);
+            if let Some((_, _, _, count, histogram)) = found {
+                count.increment(1);
+                histogram.record(latency);
+                return;
+            }
+            let (count, histogram) = http_metrics(self.method, route, status);
+            count.increment(1);
+            histogram.record(latency);
+            local.push((self.method, status, route.into(), count, histogram));
+        });
     }
 }
 
@@ -128,6 +141,20 @@ fn method_label(m: &Method) -> &'static str {
 
 /// The metric handles of one (method, status) of a route.
 type HttpHandles = (&'static str, u16, metrics::Counter, metrics::Histogram);
+
+thread_local! {
+    /// This thread's copies of the handles it has used, by (method, status, route). Taking them
+    /// from the shared map cost every request a read lock and two reference-count changes, all
+    /// on cache lines that both cores write to, and a SipHash of the route.
+    static LOCAL_HTTP_METRICS: std::cell::RefCell<
+        Vec<(&'static str, u16, Box<str>, metrics::Counter, metrics::Histogram)>,
+    > = const { std::cell::RefCell::new(Vec::new()) };
+
+    /// The same for the store calls' handles, by store.
+    static LOCAL_STORE_METRICS: std::cell::RefCell<
+        Vec<(&'static str, metrics::Histogram, metrics::Counter)>,
+    > = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 /// Registered handles by route: building a metric key (labels, hashing, a registry lookup) on
 /// every request showed in the profile; the set of (route, method, status) is small and fixed.
@@ -382,27 +409,36 @@ pub fn store_call<T, E>(store: &'static str, started: Instant, result: &Result<T
     static HANDLES: LazyLock<
         RwLock<HashMap<&'static str, (metrics::Histogram, metrics::Counter)>>,
     > = LazyLock::new(RwLock::default);
-    let cached = HANDLES
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(store)
-        .cloned();
-    let (latency, errors) = cached.unwrap_or_else(|| {
-        handle(); // the recorder must exist before handles are made, or they are no-ops
-        let made = (
-            metrics::histogram!("tessera_store_duration_seconds", "store" => store),
-            metrics::counter!("tessera_store_errors_total", "store" => store),
-        );
-        HANDLES
-            .write()
+    let record = |latency: &metrics::Histogram, errors: &metrics::Counter| {
+        latency.record(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            errors.increment(1);
+        }
+    };
+    LOCAL_STORE_METRICS.with_borrow_mut(|local| {
+        if let Some((_, latency, errors)) = local.iter().find(|(s, _, _)| *s == store) {
+            return record(latency, errors);
+        }
+        let cached = HANDLES
+            .read()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(store, made.clone());
-        made
+            .get(store)
+            .cloned();
+        let (latency, errors) = cached.unwrap_or_else(|| {
+            handle(); // the recorder must exist before handles are made, or they are no-ops
+            let made = (
+                metrics::histogram!("tessera_store_duration_seconds", "store" => store),
+                metrics::counter!("tessera_store_errors_total", "store" => store),
+            );
+            HANDLES
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(store, made.clone());
+            made
+        });
+        record(&latency, &errors);
+        local.push((store, latency, errors));
     });
-    latency.record(started.elapsed().as_secs_f64());
-    if result.is_err() {
-        errors.increment(1);
-    }
 }
 
 #[cfg(test)]
