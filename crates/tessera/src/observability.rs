@@ -142,13 +142,21 @@ fn method_label(m: &Method) -> &'static str {
 /// The metric handles of one (method, status) of a route.
 type HttpHandles = (&'static str, u16, metrics::Counter, metrics::Histogram);
 
+/// [`HttpHandles`] with their route, for one thread's own list.
+type RouteHandles = (
+    &'static str,
+    u16,
+    Box<str>,
+    metrics::Counter,
+    metrics::Histogram,
+);
+
 thread_local! {
     /// This thread's copies of the handles it has used, by (method, status, route). Taking them
     /// from the shared map cost every request a read lock and two reference-count changes, all
     /// on cache lines that both cores write to, and a SipHash of the route.
-    static LOCAL_HTTP_METRICS: std::cell::RefCell<
-        Vec<(&'static str, u16, Box<str>, metrics::Counter, metrics::Histogram)>,
-    > = const { std::cell::RefCell::new(Vec::new()) };
+    static LOCAL_HTTP_METRICS: std::cell::RefCell<Vec<RouteHandles>> =
+        const { std::cell::RefCell::new(Vec::new()) };
 
     /// The same for the store calls' handles, by store.
     static LOCAL_STORE_METRICS: std::cell::RefCell<
