@@ -381,6 +381,41 @@ mod tests {
         assert!(!text.contains("secret detail"), "{text}");
     }
 
+    #[tokio::test]
+    async fn a_service_that_panics_before_returning_its_future_also_becomes_an_opaque_500() {
+        #[derive(Clone)]
+        struct PanicsInCall;
+        impl Service<Request<Body>> for PanicsInCall {
+            type Response = Response;
+            type Error = std::convert::Infallible;
+            type Future = std::future::Ready<Result<Response, Self::Error>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, _: Request<Body>) -> Self::Future {
+                panic!("secret detail from call")
+            }
+        }
+        let res = service(PanicsInCall, 1024)
+            .oneshot(Request::get("/").body(Body::empty()).unwrap_or_default())
+            .await
+            .unwrap_or_else(|e| match e {});
+        assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(res.headers().contains_key(&REQUEST_ID));
+        assert_eq!(
+            res.headers()
+                .get(header::X_CONTENT_TYPE_OPTIONS)
+                .map(|v| v.as_bytes()),
+            Some(&b"nosniff"[..])
+        );
+        let body = axum::body::to_bytes(res.into_body(), 1024)
+            .await
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains("\"error\":\"internal_error\""), "{text}");
+        assert!(!text.contains("secret detail"), "{text}");
+    }
+
     /// What the handler saw, as text: whether each credential header was marked sensitive, and
     /// the request id.
     async fn seen(headers: axum::http::HeaderMap) -> String {
