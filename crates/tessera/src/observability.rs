@@ -9,8 +9,7 @@
 //! - `tessera_active_sessions` (embedded store; counted by the sweeper)
 //! - `tessera_store_duration_seconds{store}`, `tessera_store_errors_total{store}`
 
-use std::collections::HashMap;
-use std::sync::{LazyLock, OnceLock, RwLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
@@ -109,19 +108,23 @@ impl HttpTracker {
         };
         let status = res.status().as_u16();
         let latency = self.started.elapsed().as_secs_f64();
+        let method = self.method;
+        let record = |count: &metrics::Counter, histogram: &metrics::Histogram| {
+            count.increment(1);
+            histogram.record(latency);
+        };
         LOCAL_HTTP_METRICS.with_borrow_mut(|local| {
             let found = local
                 .iter()
-                .find(|(m, s, r, _, _)| *s == status && *m == self.method && **r == *route);
+                .find(|(m, s, r, _, _)| *s == status && *m == method && **r == *route);
             if let Some((_, _, _, count, histogram)) = found {
-                count.increment(1);
-                histogram.record(latency);
-                return;
+                return record(count, histogram);
             }
-            let (count, histogram) = http_metrics(self.method, route, status);
-            count.increment(1);
-            histogram.record(latency);
-            local.push((self.method, status, route.into(), count, histogram));
+            handle(); // the recorder must exist before handles are made, or they are no-ops
+            let count = metrics::counter!("tessera_http_requests_total", "method" => method, "route" => route.to_owned(), "status" => status.to_string());
+            let histogram = metrics::histogram!("tessera_http_request_duration_seconds", "method" => method, "route" => route.to_owned());
+            record(&count, &histogram);
+            local.push((method, status, route.into(), count, histogram));
         });
     }
 }
@@ -139,10 +142,7 @@ fn method_label(m: &Method) -> &'static str {
     }
 }
 
-/// The metric handles of one (method, status) of a route.
-type HttpHandles = (&'static str, u16, metrics::Counter, metrics::Histogram);
-
-/// [`HttpHandles`] with their route, for one thread's own list.
+/// One thread's handles of one (method, status, route).
 type RouteHandles = (
     &'static str,
     u16,
@@ -152,52 +152,17 @@ type RouteHandles = (
 );
 
 thread_local! {
-    /// This thread's copies of the handles it has used, by (method, status, route). Taking them
-    /// from the shared map cost every request a read lock and two reference-count changes, all
-    /// on cache lines that both cores write to, and a SipHash of the route.
+    /// The metric handles this thread has used, by (method, status, route), and by store. Making
+    /// a handle builds its key (labels, hashing, a registry lookup), which showed in the
+    /// profile, so each is made once per thread; the recorder gives every handle of one key the
+    /// same storage. A map shared by the threads cost each request a read lock and two
+    /// reference-count changes on cache lines both cores write to, and a SipHash of the route.
     static LOCAL_HTTP_METRICS: std::cell::RefCell<Vec<RouteHandles>> =
         const { std::cell::RefCell::new(Vec::new()) };
 
-    /// The same for the store calls' handles, by store.
     static LOCAL_STORE_METRICS: std::cell::RefCell<
         Vec<(&'static str, metrics::Histogram, metrics::Counter)>,
     > = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Registered handles by route: building a metric key (labels, hashing, a registry lookup) on
-/// every request showed in the profile; the set of (route, method, status) is small and fixed.
-static HTTP_METRICS: LazyLock<RwLock<HashMap<Box<str>, Vec<HttpHandles>>>> =
-    LazyLock::new(RwLock::default);
-
-fn http_metrics(
-    method: &'static str,
-    route: &str,
-    status: u16,
-) -> (metrics::Counter, metrics::Histogram) {
-    let find = |routes: &HashMap<Box<str>, Vec<HttpHandles>>| {
-        routes.get(route).and_then(|hs| {
-            hs.iter()
-                .find(|(m, s, _, _)| *m == method && *s == status)
-                .map(|(_, _, c, h)| (c.clone(), h.clone()))
-        })
-    };
-    if let Some(found) = find(&HTTP_METRICS.read().unwrap_or_else(|e| e.into_inner())) {
-        return found;
-    }
-    let mut routes = HTTP_METRICS.write().unwrap_or_else(|e| e.into_inner());
-    if let Some(found) = find(&routes) {
-        return found;
-    }
-    handle(); // the recorder must exist before handles are made, or they are no-ops
-    let counter = metrics::counter!("tessera_http_requests_total", "method" => method, "route" => route.to_owned(), "status" => status.to_string());
-    let histogram = metrics::histogram!("tessera_http_request_duration_seconds", "method" => method, "route" => route.to_owned());
-    routes.entry(route.into()).or_default().push((
-        method,
-        status,
-        counter.clone(),
-        histogram.clone(),
-    ));
-    (counter, histogram)
 }
 
 /// Request ids for requests that arrive without one: a random per-process prefix and a counter.
@@ -414,9 +379,6 @@ impl std::fmt::Debug for EscapedDisplay<'_> {
 
 /// Times one store call and counts its failures.
 pub fn store_call<T, E>(store: &'static str, started: Instant, result: &Result<T, E>) {
-    static HANDLES: LazyLock<
-        RwLock<HashMap<&'static str, (metrics::Histogram, metrics::Counter)>>,
-    > = LazyLock::new(RwLock::default);
     let record = |latency: &metrics::Histogram, errors: &metrics::Counter| {
         latency.record(started.elapsed().as_secs_f64());
         if result.is_err() {
@@ -427,23 +389,9 @@ pub fn store_call<T, E>(store: &'static str, started: Instant, result: &Result<T
         if let Some((_, latency, errors)) = local.iter().find(|(s, _, _)| *s == store) {
             return record(latency, errors);
         }
-        let cached = HANDLES
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(store)
-            .cloned();
-        let (latency, errors) = cached.unwrap_or_else(|| {
-            handle(); // the recorder must exist before handles are made, or they are no-ops
-            let made = (
-                metrics::histogram!("tessera_store_duration_seconds", "store" => store),
-                metrics::counter!("tessera_store_errors_total", "store" => store),
-            );
-            HANDLES
-                .write()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(store, made.clone());
-            made
-        });
+        handle(); // the recorder must exist before handles are made, or they are no-ops
+        let latency = metrics::histogram!("tessera_store_duration_seconds", "store" => store);
+        let errors = metrics::counter!("tessera_store_errors_total", "store" => store);
         record(&latency, &errors);
         local.push((store, latency, errors));
     });

@@ -235,9 +235,10 @@ where
 /// into an opaque 500, the header policy on every answer (panics and timeouts included), and
 /// server errors logged. tower-http has a layer for each of these, and this stack was built
 /// from them first; but each layer wraps the request's future and its answer in its own type,
-/// which hyper moves and the runtime polls through: `GET /verify` served without them measured
-/// 0.85x the baseline's requests/s against 0.75x with them (16.1 vs 19.5 us of CPU per
-/// request), and this one layer is most of that difference (see the README's Performance).
+/// which hyper moves and the runtime polls through. Under callgrind a verification cost 70.1k
+/// instructions through those layers, 67.5k through this one, and 59.4k with no edge at all;
+/// most of what is left is the span (4.2k), kept because it puts the request id on every log
+/// line of the request (see the README's Performance).
 #[derive(Clone)]
 pub struct Edge<S> {
     inner: S,
@@ -414,6 +415,73 @@ mod tests {
         let text = String::from_utf8_lossy(&body);
         assert!(text.contains("\"error\":\"internal_error\""), "{text}");
         assert!(!text.contains("secret detail"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_server_error_is_logged_inside_the_request_span() {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || sink.clone())
+            .finish();
+        let _default = tracing::subscriber::set_default(subscriber);
+        async fn down() -> StatusCode {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        async fn up() -> StatusCode {
+            StatusCode::OK
+        }
+        let app = service(
+            Router::new()
+                .route("/down", get(down))
+                .route("/up", get(up)),
+            1024,
+        );
+        for (path, id) in [("/down", "down-id-1"), ("/up", "up-id-2")] {
+            let req = Request::get(path)
+                .header(&REQUEST_ID, id)
+                .body(Body::empty())
+                .unwrap_or_default();
+            let res = app
+                .clone()
+                .oneshot(req)
+                .await
+                .unwrap_or_else(|e| match e {});
+            assert_eq!(
+                res.headers().get(&REQUEST_ID).map(|v| v.as_bytes()),
+                Some(id.as_bytes())
+            );
+        }
+        let logged =
+            String::from_utf8_lossy(&buf.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned();
+        let line = logged.lines().find(|l| l.contains("response failed"));
+        let line = line.unwrap_or_else(|| panic!("no error line in:\n{logged}"));
+        assert!(line.contains("ERROR"), "{line}");
+        assert!(line.contains("status=503"), "{line}");
+        assert!(
+            line.contains("request{method=GET path=/down request_id=down-id-1}"),
+            "{line}"
+        );
+        assert!(
+            !logged.contains("up-id-2"),
+            "a 200 logged at info:\n{logged}"
+        );
     }
 
     /// What the handler saw, as text: whether each credential header was marked sensitive, and
