@@ -397,6 +397,33 @@ pub fn store_call<T, E>(store: &'static str, started: Instant, result: &Result<T
     });
 }
 
+/// A log sink for tests: everything written to any of its clones, kept in memory.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct LogBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl LogBuf {
+    /// What was written so far.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap_or_else(|e| e.into_inner())).into_owned()
+    }
+}
+
+#[cfg(test)]
+impl std::io::Write for LogBuf {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,20 +433,6 @@ mod tests {
     where
         N: for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send + Sync + 'static,
     {
-        #[derive(Clone, Default)]
-        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         #[derive(Debug, thiserror::Error)]
         #[error("outer \x1b[2J failed")]
         struct Outer(#[source] Middle);
@@ -430,7 +443,7 @@ mod tests {
         #[error("leaf cause")]
         struct Leaf;
 
-        let buf = Buf::default();
+        let buf = LogBuf::default();
         let sink = buf.clone();
         let subscriber = tracing_subscriber::fmt()
             .with_ansi(false)
@@ -464,8 +477,7 @@ mod tests {
             let long = tracing::info_span!("long", a = %"a".repeat(200), b = %"b".repeat(300));
             long.in_scope(|| tracing::info!(c = %"c".repeat(250), "{}", "m".repeat(260)));
         });
-        let out = buf.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        String::from_utf8_lossy(&out).into_owned()
+        buf.text()
     }
 
     #[test]
