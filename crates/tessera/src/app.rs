@@ -105,7 +105,6 @@ pub async fn open_stores(settings: &Settings) -> anyhow::Result<Stores> {
                 "Redis maxmemory-policy may evict sessions and log users out; set noeviction"
             ),
         }
-        advise_on_hash_encoding(redis.server_setting("hash-max-listpack-value").await);
         let redis = Arc::new(redis);
         return Ok(Stores {
             users,
@@ -125,31 +124,6 @@ pub async fn open_stores(settings: &Settings) -> anyhow::Result<Stores> {
         keys: Arc::new(KeyFile::in_dir(&settings.data_dir)),
         profiles: Arc::new(MemoryProfileCache::new(100_000, PROFILE_CACHE_TTL)),
     })
-}
-
-/// The `hash-max-listpack-value` tessera recommends: a session hash keeps Redis's compact
-/// encoding only while every value fits, and Redis's default (64 bytes) is often too small: a
-/// browser's user agent (~110 bytes; tessera clips it at 512), the packed authentication value
-/// once the username passes ~19 characters (an email address), or with a cookie session's hash
-/// (~120 bytes). Measured by `bench/run` on Redis 7.0 for a user named by an email address,
-/// per session with its share of the user's index: 703 / 815 / 895 bytes (API client, browser
-/// with a token, browser with a cookie) at 64; 399 / 527 / 591 at 512 (README, Performance).
-pub const RECOMMENDED_HASH_MAX_LISTPACK_VALUE: u32 = 512;
-
-/// Advises raising `hash-max-listpack-value` when it is below the recommendation (`setting` is
-/// its value, `None` when Redis would not say).
-fn advise_on_hash_encoding(setting: Option<String>) {
-    let Some(value) = setting.and_then(|v| v.parse::<u32>().ok()) else {
-        return;
-    };
-    if value < RECOMMENDED_HASH_MAX_LISTPACK_VALUE {
-        tracing::info!(
-            hash_max_listpack_value = value,
-            recommended = RECOMMENDED_HASH_MAX_LISTPACK_VALUE,
-            "sessions with a browser's user agent or a long username take ~1.5-1.8x the \
-             Redis memory at this hash-max-listpack-value; set it to the recommended value"
-        );
-    }
 }
 
 /// A URL with its password replaced, for messages.

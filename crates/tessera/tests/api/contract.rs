@@ -450,10 +450,10 @@ async fn on_redis_a_login_below_the_limit_reads_no_other_session_and_the_index_s
     for i in 0..50 {
         s.create(&session(u, i), 1000, t(i)).await.unwrap();
     }
-    // The script reads a session's expiry with HGET; none of the 50 is read for the 51st.
-    let before = servers::redis_calls(redis.port, "hget");
+    // The script reads a session's expiry with GET; none of the 50 is read for the 51st.
+    let before = servers::redis_calls(redis.port, "get");
     s.create(&session(u, 50), 1000, t(50)).await.unwrap();
-    assert_eq!(servers::redis_calls(redis.port, "hget"), before);
+    assert_eq!(servers::redis_calls(redis.port, "get"), before);
     assert_eq!(s.list(u, t(51)).await.unwrap().len(), 51);
 
     // Sessions that die without a logout stay listed in the index only until it is full.
@@ -519,39 +519,63 @@ async fn on_redis_a_login_at_the_limit_prunes_the_dead_not_the_used_or_refreshed
     assert_eq!(evicted, vec![used.id]);
 }
 
-/// Writes `sess` the way builds before the packed auth field did: `u r l i a k` as separate
-/// fields, `u` the bare username. Hashes must be printable bytes (they go through redis-cli).
-fn write_in_the_older_layout(port: u16, prefix: &str, sess: &Session) {
+/// How builds before the session record kept a session in Redis: a hash.
+#[derive(Clone, Copy, Debug)]
+enum EarlierLayout {
+    /// `u r l i a k` as separate fields, `u` the bare username.
+    Fields,
+    /// The first six values packed into `u` (`<idle> <abs> <last> <cookie hex|-> <user>
+    /// <roles>`), the rest in `c g h p t ua ip`.
+    Packed,
+}
+
+/// Writes `sess` the way an earlier build did. Hashes must be printable bytes (they go through
+/// redis-cli).
+fn write_in_an_earlier_layout(port: u16, prefix: &str, sess: &Session, layout: EarlierLayout) {
     let tag = format!("{prefix}:{{u:{}}}", sess.user_id.0.simple());
     let key = format!("{tag}:s:{}", sess.id.0.simple());
     let ms = |t: Timestamp| t.as_millis().to_string();
     let text = |h: &[u8; 32]| String::from_utf8(h.to_vec()).unwrap();
-    let mut args = vec![
-        "hset".to_owned(),
-        key.clone(),
-        "u".into(),
-        sess.username.as_str().into(),
-        "r".into(),
-        sess.roles.to_csv(),
-        "c".into(),
-        ms(sess.created_at),
-        "l".into(),
-        ms(sess.last_seen_at),
-        "i".into(),
-        ms(sess.idle_expires_at),
-        "a".into(),
-        ms(sess.absolute_expires_at),
-        "g".into(),
-        sess.refresh.generation.to_string(),
-        "h".into(),
-        text(&sess.refresh.hash),
-    ];
-    if let Some(k) = &sess.cookie_hash {
-        args.extend(["k".into(), text(k)]);
+    let mut args: Vec<String> = vec!["hset".into(), key.clone()];
+    let mut field = |f: &str, v: String| args.extend([f.to_owned(), v]);
+    match layout {
+        EarlierLayout::Fields => {
+            field("u", sess.username.as_str().into());
+            field("r", sess.roles.to_csv());
+            field("l", ms(sess.last_seen_at));
+            field("i", ms(sess.idle_expires_at));
+            field("a", ms(sess.absolute_expires_at));
+            if let Some(k) = &sess.cookie_hash {
+                field("k", text(k));
+            }
+        }
+        EarlierLayout::Packed => {
+            let cookie = sess.cookie_hash.map_or("-".into(), hex::encode);
+            field(
+                "u",
+                format!(
+                    "{} {} {} {cookie} {} {}",
+                    ms(sess.idle_expires_at),
+                    ms(sess.absolute_expires_at),
+                    ms(sess.last_seen_at),
+                    sess.username.as_str(),
+                    sess.roles.to_csv()
+                ),
+            );
+            if let Some(p) = &sess.refresh.prev_hash {
+                field("p", text(p));
+            }
+            if let Some(t) = sess.refresh.rotated_at {
+                field("t", ms(t));
+            }
+        }
     }
+    field("c", ms(sess.created_at));
+    field("g", sess.refresh.generation.to_string());
+    field("h", text(&sess.refresh.hash));
     for (f, v) in [("ua", &sess.user_agent), ("ip", &sess.ip)] {
         if let Some(v) = v {
-            args.extend([f.into(), v.clone()]);
+            field(f, v.clone());
         }
     }
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -562,48 +586,68 @@ fn write_in_the_older_layout(port: u16, prefix: &str, sess: &Session) {
     servers::redis_cli(port, &["pexpireat", &key, &end]).unwrap();
 }
 
+/// 32 printable bytes, all different: every base64 digit position of the rewrite is exercised.
+fn printable_hash(first: u8) -> [u8; 32] {
+    std::array::from_fn(|i| first + i as u8)
+}
+
 #[tokio::test]
 async fn on_redis_sessions_written_by_an_earlier_build_are_read_used_and_rewritten_in_place() {
+    for layout in [EarlierLayout::Fields, EarlierLayout::Packed] {
+        sessions_in_an_earlier_layout_are_read_used_and_rewritten(layout).await;
+    }
+}
+
+async fn sessions_in_an_earlier_layout_are_read_used_and_rewritten(layout: EarlierLayout) {
     let (redis, store) = private_redis("legacy").await;
     let s: &dyn tessera::store::SessionStore = &store;
     let u = UserId::new();
     let older = |created: i64, cookie: Option<[u8; 32]>| {
         let mut sess = session(u, created);
-        sess.refresh.hash = [b'H'; 32];
+        sess.refresh.hash = printable_hash(b'0');
+        if let EarlierLayout::Packed = layout {
+            sess.refresh.prev_hash = Some(printable_hash(b'A'));
+            sess.refresh.rotated_at = Some(t(created));
+        }
         sess.cookie_hash = cookie;
-        write_in_the_older_layout(redis.port, "legacy", &sess);
+        write_in_an_earlier_layout(redis.port, "legacy", &sess, layout);
         sess
     };
     let key = |sess: &Session| format!("legacy:{{u:{}}}:s:{}", u.0.simple(), sess.id.0.simple());
-    let field = |sess: &Session, f: &str| servers::redis_cli(redis.port, &["hget", &key(sess), f]);
+    let kind = |sess: &Session| {
+        servers::redis_cli(redis.port, &["type", &key(sess)]).map(|o| o.trim().to_owned())
+    };
+    let ttl = |sess: &Session| {
+        servers::redis_cli(redis.port, &["pexpiretime", &key(sess)])
+            .and_then(|o| o.trim().parse::<i64>().ok())
+    };
 
-    // Verification reads it, and rewrites it to the packed field once.
-    let browser = older(0, Some([b'K'; 32]));
+    // Verification reads it, and rewrites it into a record once, its expiry kept.
+    let browser = older(0, Some(printable_hash(b'K')));
     let bearer = older(1, None);
+    assert_eq!(kind(&browser).as_deref(), Some("hash"), "{layout:?}");
     assert_eq!(
         s.get(u, browser.id, t(2)).await.unwrap(),
-        Some(browser.active())
+        Some(browser.active()),
+        "{layout:?}"
     );
     assert_eq!(
         s.get(u, bearer.id, t(2)).await.unwrap(),
         Some(bearer.active())
     );
-    assert!(field(&browser, "u").unwrap().contains(' '), "rewritten");
-    let exists = |sess: &Session, f: &str| {
-        servers::redis_cli(redis.port, &["hexists", &key(sess), f]).map(|o| o.trim() == "1")
-    };
-    assert_eq!(exists(&browser, "i"), Some(false), "older fields removed");
-    assert_eq!(exists(&browser, "c"), Some(true), "the others kept");
+    assert_eq!(kind(&browser).as_deref(), Some("string"), "rewritten");
+    assert_eq!(ttl(&browser), Some(browser.expires_at().as_millis()));
     assert_eq!(
         s.get(u, browser.id, t(3)).await.unwrap(),
         Some(browser.active())
     );
 
-    // The session list and every script read the older layout as well.
-    let listed = older(2, Some([b'L'; 32]));
+    // The session list and every script read the earlier layout as well, and whole.
+    let listed = older(2, Some(printable_hash(b'L')));
     assert_eq!(
         s.list(u, t(3)).await.unwrap(),
-        vec![browser.clone(), bearer.clone(), listed.clone()]
+        vec![browser.clone(), bearer.clone(), listed.clone()],
+        "{layout:?}"
     );
     let touched = older(3, None);
     s.touch(u, touched.id, t(5), t(5 + 60 * MIN)).await.unwrap();
@@ -612,32 +656,42 @@ async fn on_redis_sessions_written_by_an_earlier_build_are_read_used_and_rewritt
         (got.last_seen_at, got.idle_expires_at),
         (t(5), t(5 + 60 * MIN))
     );
+    let roles_changed = older(3, Some(printable_hash(b'R')));
     s.set_roles(u, &Roles::from_csv("ops")).await.unwrap();
-    let got = s.get(u, listed.id, t(6)).await.unwrap().unwrap();
+    let got = s.get(u, roles_changed.id, t(6)).await.unwrap().unwrap();
     assert_eq!(
         (got.roles.to_csv(), got.cookie_hash),
-        ("ops".into(), Some([b'L'; 32]))
+        ("ops".into(), Some(printable_hash(b'R')))
+    );
+    assert_eq!(
+        ttl(&roles_changed),
+        Some(roles_changed.expires_at().as_millis())
     );
     let rotated = older(4, None);
     let p = RefreshPresentation {
-        hash: [b'H'; 32],
+        hash: printable_hash(b'0'),
         ..presentation(0, 0, 9)
     };
     match s.rotate_refresh(u, rotated.id, &p, t(7)).await.unwrap() {
         Rotation::Rotated(after) => assert_eq!(
-            (after.refresh.generation, after.username, after.last_seen_at),
-            (1, rotated.username, t(7))
+            (
+                after.refresh.generation,
+                after.refresh.prev_hash,
+                after.username,
+                after.last_seen_at
+            ),
+            (1, Some(printable_hash(b'0')), rotated.username, t(7))
         ),
-        other => panic!("{other:?}"),
+        other => panic!("{layout:?}: {other:?}"),
     }
-    // A login at the limit walks the index through the same reader: the older records count
+    // A login at the limit walks the index through the same reader: the earlier records count
     // as live (only the oldest session is evicted, none is pruned as dead) and are rewritten.
-    let walked = [older(5, None), older(6, Some([b'W'; 32]))];
-    let evicted = s.create(&session(u, 8), 7, t(8)).await.unwrap();
-    assert_eq!(evicted, vec![browser.id]);
-    assert_eq!(s.list(u, t(9)).await.unwrap().len(), 7);
+    let walked = [older(5, None), older(6, Some(printable_hash(b'W')))];
+    let evicted = s.create(&session(u, 8), 8, t(8)).await.unwrap();
+    assert_eq!(evicted, vec![browser.id], "{layout:?}");
+    assert_eq!(s.list(u, t(9)).await.unwrap().len(), 8);
     for sess in &walked {
-        assert!(field(sess, "u").unwrap().contains(' '), "rewritten");
+        assert_eq!(kind(sess).as_deref(), Some("string"), "rewritten");
         assert_eq!(s.get(u, sess.id, t(9)).await.unwrap(), Some(sess.active()));
     }
 }

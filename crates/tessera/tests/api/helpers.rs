@@ -289,6 +289,7 @@ pub struct Browser {
     pub client: Client,
     base: String,
     pub cookies: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    user_agent: String,
 }
 
 impl Browser {
@@ -301,7 +302,14 @@ impl Browser {
             client: client_from("127.0.0.1"),
             base: base.to_owned(),
             cookies: Default::default(),
+            user_agent: "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0".into(),
         }
+    }
+
+    /// The same browser, presenting `ua` as its `User-Agent`.
+    pub fn with_user_agent(mut self, ua: &str) -> Self {
+        self.user_agent = ua.to_owned();
+        self
     }
 
     fn cookie_header(&self) -> String {
@@ -335,10 +343,7 @@ impl Browser {
             .client
             .get(format!("{}{path}", self.base))
             .header("cookie", self.cookie_header())
-            .header(
-                "user-agent",
-                "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
-            )
+            .header("user-agent", &self.user_agent)
             .send()
             .await
             .unwrap();
@@ -362,10 +367,7 @@ impl Browser {
             .client
             .post(format!("{}{path}", self.base))
             .header("cookie", self.cookie_header())
-            .header(
-                "user-agent",
-                "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
-            )
+            .header("user-agent", &self.user_agent)
             .form(form);
         for (k, v) in headers {
             req = req.header(*k, *v);

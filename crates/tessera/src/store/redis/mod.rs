@@ -3,9 +3,8 @@
 //! deployment (standalone, Sentinel or Cluster).
 //!
 //! Key layout (`P` is `redis_key_prefix`, default `tessera`):
-//! - `P:{u:<user>}:s:<session>`  HASH, one session; PEXPIREAT = min(idle, absolute expiry).
-//!   Field `u` packs all that authentication reads (see `AUTH_FIELD`); `c g h p t ua ip` hold
-//!   the creation time, the refresh family and the device, for the session list and `/token`
+//! - `P:{u:<user>}:s:<session>`  STRING, one session's record (see [`record`]), what
+//!   authentication reads first; PEXPIREAT = min(idle, absolute expiry)
 //! - `P:{u:<user>}:idx`          ZSET of the user's session ids by creation time; at most
 //!   `max_sessions_per_user` entries (pruned of dead ones when full), expires with the
 //!   longest-lived session it lists
@@ -17,6 +16,8 @@
 //! share the `{u:<user>}` hash tag, so every script runs on Redis Cluster. Secrets are stored
 //! only as SHA-256 hashes. Times are Unix milliseconds from the domain clock, passed in, so the
 //! backend agrees with the embedded one on every expiry decision.
+
+mod record;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,8 +34,8 @@ use super::{
 };
 use crate::domain::clock::Timestamp;
 use crate::domain::jwt::KeyRing;
-use crate::domain::session::{ActiveSession, RefreshState, Session, SessionId};
-use crate::domain::user::{Roles, UserId, Username};
+use crate::domain::session::{ActiveSession, Session, SessionId};
+use crate::domain::user::{Roles, UserId};
 
 /// Where the Redis deployment is, parsed from `redis_url`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -196,6 +197,12 @@ struct Scripts {
     set_roles: Script,
     limit_hit: Script,
     upgrade: Script,
+    read_all: Script,
+}
+
+/// A script that reads sessions: [`record::LUA`] and then `body`.
+fn session_script(body: &str) -> Script {
+    Script::new(&format!("{}{body}", record::LUA))
 }
 
 /// No response timeout inside redis-rs: every command already runs under the store call's
@@ -274,14 +281,15 @@ impl RedisStore {
             prefix: prefix.into(),
             timeout,
             scripts: Arc::new(Scripts {
-                create: Script::new(CREATE),
-                touch: Script::new(TOUCH),
+                create: session_script(CREATE),
+                touch: session_script(TOUCH),
                 revoke: Script::new(REVOKE),
                 revoke_all: Script::new(REVOKE_ALL),
-                rotate: Script::new(ROTATE),
-                set_roles: Script::new(SET_ROLES),
+                rotate: session_script(ROTATE),
+                set_roles: session_script(SET_ROLES),
                 limit_hit: Script::new(LIMIT_HIT),
-                upgrade: Script::new(UPGRADE),
+                upgrade: session_script(UPGRADE),
+                read_all: session_script(READ_ALL),
             }),
         };
         if let Err(e) = store.reconnect(None).await {
@@ -462,7 +470,7 @@ impl RedisStore {
         format!("{}:rl:{key}", self.prefix)
     }
 
-    /// Runs [`UPGRADE`] on a session key: its packed auth value, or nil.
+    /// Runs [`UPGRADE`] on a session key: its record, or nil.
     async fn upgrade(&self, key: &str) -> Result<Value, StoreError> {
         self.run(|mut c| async move { self.scripts.upgrade.key(key).invoke_async(&mut c).await })
             .await
@@ -476,248 +484,14 @@ fn needs_rediscovery(e: &RedisError) -> bool {
         || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
 }
 
-/// The hash field that holds everything authentication reads ([`ActiveSession`]), packed into
-/// one value so that a verification is one `HGET` of one string (six fields read with `HMGET`
-/// cost more than the rest of the Redis call to parse):
-///
-/// `<idle expiry> <absolute expiry> <last seen> <cookie hash, hex, or -> <username> <roles>`
-///
-/// Times are Unix milliseconds; roles are comma-separated and last because they may be empty.
-/// Usernames and role names hold no spaces (see [`Username`], [`Role`]), so the layout splits
-/// unambiguously, and the Lua scripts below read and rewrite it with the same patterns
-/// (`auth_lua!`).
-///
-/// Sessions written by earlier builds kept these six values in the fields `u r l i a k`, with
-/// the bare username in `u`: a `u` without a space is that older layout. The scripts rewrite it
-/// to the packed one on first use and [`Record`] reads both, so an upgrade logs nobody out.
-///
-/// [`Role`]: crate::domain::user::Role
-const AUTH_FIELD: &str = "u";
-
-/// The value of [`AUTH_FIELD`] for a session.
-fn pack_auth(s: &Session) -> Vec<u8> {
-    use std::fmt::Write as _;
-    let roles = s.roles.to_csv();
-    let mut v = String::with_capacity(3 * 14 + 65 + s.username.as_str().len() + 1 + roles.len());
-    let _ = write!(
-        v,
-        "{} {} {} ",
-        s.idle_expires_at.as_millis(),
-        s.absolute_expires_at.as_millis(),
-        s.last_seen_at.as_millis()
-    );
-    match &s.cookie_hash {
-        Some(h) => v.push_str(&hex::encode(h)),
-        None => v.push('-'),
-    }
-    v.push(' ');
-    v.push_str(s.username.as_str());
-    v.push(' ');
-    v.push_str(&roles);
-    v.into_bytes()
-}
-
-fn session_fields(s: &Session) -> Vec<(&'static str, Vec<u8>)> {
-    let mut f: Vec<(&'static str, Vec<u8>)> = vec![
-        (AUTH_FIELD, pack_auth(s)),
-        ("c", s.created_at.as_millis().to_string().into_bytes()),
-        ("g", s.refresh.generation.to_string().into_bytes()),
-        ("h", s.refresh.hash.to_vec()),
-    ];
-    if let Some(ua) = &s.user_agent {
-        f.push(("ua", ua.as_bytes().to_vec()));
-    }
-    if let Some(ip) = &s.ip {
-        f.push(("ip", ip.as_bytes().to_vec()));
-    }
-    f
-}
-
-/// A session hash as `HGETALL` returns it: field, value, field, value, … Read in place: a
-/// session has a dozen fields, so a scan beats building a map (the map's allocations showed in
-/// the verification profile).
-fn field<'a>(flat: &'a [Vec<u8>], name: &str) -> Option<&'a [u8]> {
-    flat.chunks_exact(2)
-        .find(|kv| kv[0] == name.as_bytes())
-        .map(|kv| kv[1].as_slice())
-}
-
-fn parse_session_pairs(
-    user: UserId,
-    id: SessionId,
-    flat: &[Vec<u8>],
-) -> Result<Option<Session>, StoreError> {
-    if flat.is_empty() {
-        return Ok(None);
-    }
-    Record::new(|k| field(flat, k)).session(user, id).map(Some)
-}
-
-/// Whether a value of [`AUTH_FIELD`] is in the packed layout (an older record's bare username
-/// has no space).
-fn is_packed(v: &[u8]) -> bool {
-    v.contains(&b' ')
-}
-
-fn corrupt(k: &str) -> StoreError {
-    StoreError::Unexpected(anyhow::anyhow!("corrupt redis session field {k}"))
-}
-
-/// Reads a packed [`AUTH_FIELD`] value.
-fn unpack_auth(user: UserId, id: SessionId, v: &[u8]) -> Result<ActiveSession, StoreError> {
-    let bad = || corrupt(AUTH_FIELD);
-    let v = std::str::from_utf8(v).map_err(|_| bad())?;
-    let mut parts = v.splitn(6, ' ');
-    let mut next = || parts.next().ok_or_else(bad);
-    let time = |s: &str| s.parse().map(Timestamp::from_millis).map_err(|_| bad());
-    let idle_expires_at = time(next()?)?;
-    let absolute_expires_at = time(next()?)?;
-    let last_seen_at = time(next()?)?;
-    let cookie_hash = match next()? {
-        "-" => None,
-        k => {
-            let mut h = [0u8; 32];
-            hex::decode_to_slice(k, &mut h).map_err(|_| bad())?;
-            Some(h)
-        }
-    };
-    let username = Username::parse(next()?).map_err(|_| bad())?;
-    let roles = Roles::from_csv(next()?);
-    Ok(ActiveSession {
-        id,
-        user_id: user,
-        username,
-        roles,
-        last_seen_at,
-        idle_expires_at,
-        absolute_expires_at,
-        cookie_hash,
-    })
-}
-
-/// A session hash read back, by field name.
-struct Record<F>(F);
-
-impl<'a, F: Fn(&str) -> Option<&'a [u8]>> Record<F> {
-    /// Reads fields through `field` (a name to its value).
-    fn new(field: F) -> Self {
-        Self(field)
-    }
-
-    fn text(&self, k: &str) -> Result<&'a str, StoreError> {
-        let v = (self.0)(k).ok_or_else(|| corrupt(k))?;
-        std::str::from_utf8(v).map_err(|_| corrupt(k))
-    }
-
-    fn time(&self, k: &str) -> Result<Timestamp, StoreError> {
-        let ms = self.text(k)?.parse().map_err(|_| corrupt(k))?;
-        Ok(Timestamp::from_millis(ms))
-    }
-
-    fn hash(&self, k: &str) -> Result<Option<[u8; 32]>, StoreError> {
-        (self.0)(k)
-            .map(|v| <[u8; 32]>::try_from(v).map_err(|_| corrupt(k)))
-            .transpose()
-    }
-
-    fn opt_text(&self, k: &str) -> Option<String> {
-        (self.0)(k)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::to_owned)
-    }
-
-    /// The authentication fields, packed or in the older layout of separate fields.
-    fn active(&self, user: UserId, id: SessionId) -> Result<ActiveSession, StoreError> {
-        let auth = (self.0)(AUTH_FIELD).ok_or_else(|| corrupt(AUTH_FIELD))?;
-        if is_packed(auth) {
-            return unpack_auth(user, id, auth);
-        }
-        Ok(ActiveSession {
-            id,
-            user_id: user,
-            username: Username::parse(self.text("u")?).map_err(|_| corrupt("u"))?,
-            roles: Roles::from_csv(self.text("r")?),
-            last_seen_at: self.time("l")?,
-            idle_expires_at: self.time("i")?,
-            absolute_expires_at: self.time("a")?,
-            cookie_hash: self.hash("k")?,
-        })
-    }
-
-    fn session(&self, user: UserId, id: SessionId) -> Result<Session, StoreError> {
-        let active = self.active(user, id)?;
-        let generation = self.text("g")?.parse().map_err(|_| corrupt("g"))?;
-        Ok(Session {
-            id,
-            user_id: user,
-            username: active.username,
-            roles: active.roles,
-            created_at: self.time("c")?,
-            last_seen_at: active.last_seen_at,
-            idle_expires_at: active.idle_expires_at,
-            absolute_expires_at: active.absolute_expires_at,
-            user_agent: self.opt_text("ua"),
-            ip: self.opt_text("ip"),
-            refresh: RefreshState {
-                generation,
-                hash: self.hash("h")?.ok_or_else(|| corrupt("h"))?,
-                prev_hash: self.hash("p")?,
-                rotated_at: self.time("t").ok(),
-            },
-            cookie_hash: active.cookie_hash,
-        })
-    }
-}
-
-/// The Lua side of [`AUTH_FIELD`]: `auth(key)` returns a session's idle and absolute expiry (as
-/// numbers), its last-seen time and the rest of the packed value (`<cookie hash> <username>
-/// <roles>`, as strings), or nothing when the key holds no session. A record in the older
-/// layout is rewritten to the packed one first. Prepended to every script that reads a session.
-macro_rules! auth_lua {
-    () => {
-        r"
-local function auth(key)
-  local v = redis.call('HGET', key, 'u')
-  if not v then return nil end
-  if not string.find(v, ' ', 1, true) then
-    local o = redis.call('HMGET', key, 'r', 'l', 'i', 'a', 'k')
-    if not (o[2] and o[3] and o[4]) then return nil end
-    local k = '-'
-    if o[5] then
-      k = string.gsub(o[5], '.', function(c) return string.format('%02x', string.byte(c)) end)
-    end
-    v = o[3] .. ' ' .. o[4] .. ' ' .. o[2] .. ' ' .. k .. ' ' .. v .. ' ' .. (o[1] or '')
-    redis.call('HSET', key, 'u', v)
-    redis.call('HDEL', key, 'r', 'l', 'i', 'a', 'k')
-  end
-  local i, a, l, rest = string.match(v, '^(%d+) (%d+) (%d+) (.*)$')
-  if not i then return nil end
-  return tonumber(i), tonumber(a), l, rest
-end
-"
-    };
-}
-
-/// Rewrites a session in the older field layout to the packed one (see [`AUTH_FIELD`]) and
-/// returns the packed value; nil when there is no session. Only a verification that read an
-/// older record runs it.
-const UPGRADE: &str = concat!(
-    auth_lua!(),
-    r"
-if not auth(KEYS[1]) then return false end
-return redis.call('HGET', KEYS[1], 'u')
-"
-);
-
 /// Creates a session and, when the index is full, prunes it of dead sessions and evicts the
 /// oldest live ones beyond the limit. Below the limit it reads no other session: a script
 /// blocks every other client of Redis while it runs, and walking all of a user's sessions on
 /// every login made that pause grow with their number (measured as verification latency while
 /// logins ran, with a limit of 1,000). The index therefore holds at most `max` entries, some of
-/// them possibly dead; every reader of it already skips those.
-const CREATE: &str = concat!(
-    auth_lua!(),
-    r"
+/// them possibly dead; every reader of it already skips those. Reads sessions through
+/// [`record::LUA`].
+const CREATE: &str = r"
 local idx, prefix, now, max = KEYS[2], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local evicted = {}
 if redis.call('ZCARD', idx) >= max then
@@ -737,29 +511,35 @@ if redis.call('ZCARD', idx) >= max then
     table.insert(evicted, live[i])
   end
 end
-local fields = {}
-for i = 8, #ARGV do fields[#fields + 1] = ARGV[i] end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('PEXPIREAT', KEYS[1], ARGV[5])
+redis.call('SET', KEYS[1], ARGV[8], 'PXAT', ARGV[5])
 redis.call('ZADD', idx, ARGV[7], ARGV[1])
 if redis.call('PEXPIRETIME', idx) < tonumber(ARGV[6]) then
   redis.call('PEXPIREAT', idx, ARGV[6])
 end
 return evicted
-"
-);
+";
 
 /// Records a use: last seen and the slid idle expiry.
-const TOUCH: &str = concat!(
-    auth_lua!(),
-    r"
+const TOUCH: &str = r"
 local i, a, _, rest = auth(KEYS[1])
 if not i or math.min(i, a) <= tonumber(ARGV[1]) then return 0 end
-redis.call('HSET', KEYS[1], 'u', ARGV[2] .. ' ' .. string.format('%d', a) .. ' ' .. ARGV[1] .. ' ' .. rest)
-redis.call('PEXPIREAT', KEYS[1], math.min(tonumber(ARGV[2]), a))
+local v = ARGV[2] .. ' ' .. string.format('%d', a) .. ' ' .. ARGV[1] .. ' ' .. rest
+redis.call('SET', KEYS[1], v, 'PXAT', string.format('%d', math.min(tonumber(ARGV[2]), a)))
 return 1
-"
-);
+";
+
+/// A session's record, rewritten from an earlier build's hash first if need be; nil when there
+/// is none. Only a verification that found such a hash runs it.
+const UPGRADE: &str = r"
+return record(KEYS[1])
+";
+
+/// The records of one user's sessions (`KEYS`), nil for each that is gone.
+const READ_ALL: &str = r"
+local out = {}
+for j, key in ipairs(KEYS) do out[j] = record(key) end
+return out
+";
 
 /// Revokes one session.
 const REVOKE: &str = r"
@@ -779,33 +559,29 @@ end
 return n
 ";
 
-/// Refresh rotation with reuse detection: the same rule as `RefreshState::decide`.
-const ROTATE: &str = concat!(
-    auth_lua!(),
-    r"
-local idle_at, abs, _, rest = auth(KEYS[1])
-if not idle_at then return {'invalid'} end
-local flat = redis.call('HGETALL', KEYS[1])
-local h = {}
-for i = 1, #flat, 2 do h[flat[i]] = flat[i + 1] end
-local now = tonumber(ARGV[4])
-if math.min(idle_at, abs) <= now then return {'invalid'} end
-local gen, pgen = tonumber(h['g']), tonumber(ARGV[1])
+/// Refresh rotation with reuse detection: the same rule as `RefreshState::decide`. Hashes
+/// arrive as the record writes them; the answer is the status and, for `rotated` and `grace`,
+/// the record.
+const ROTATE: &str = r"
+local v = record(KEYS[1])
+if not v then return {'invalid'} end
+local i, a, head, gen, h, p, t, tail = string.match(v,
+  '^(%d+) (%d+) %d+ (%S+ %S+ %S* %d+) (%d+) (%S+) (%S+) (%S+) (.*)$')
+if not i then return {'invalid'} end
+local now, abs = tonumber(ARGV[4]), tonumber(a)
+if math.min(tonumber(i), abs) <= now then return {'invalid'} end
+local gen, pgen = tonumber(gen), tonumber(ARGV[1])
 if pgen == gen then
-  if ARGV[2] ~= h['h'] then return {'invalid'} end
+  if ARGV[2] ~= h then return {'invalid'} end
   local idle = math.min(now + tonumber(ARGV[6]), abs)
-  local packed = string.format('%d %d ', idle, abs) .. ARGV[4] .. ' ' .. rest
-  redis.call('HSET', KEYS[1], 'g', ARGV[8], 'h', ARGV[3], 'p', ARGV[2], 't', ARGV[4], 'u', packed)
-  redis.call('PEXPIREAT', KEYS[1], idle)
-  local out = {'rotated'}
-  for _, v in ipairs(redis.call('HGETALL', KEYS[1])) do out[#out + 1] = v end
-  return out
+  local rotated = string.format('%d %d ', idle, abs) .. ARGV[4] .. ' ' .. head .. ' ' ..
+    ARGV[8] .. ' ' .. ARGV[3] .. ' ' .. ARGV[2] .. ' ' .. ARGV[4] .. ' ' .. tail
+  redis.call('SET', KEYS[1], rotated, 'PXAT', string.format('%d', idle))
+  return {'rotated', rotated}
 end
-local t = tonumber(h['t'] or '0')
-if pgen + 1 == gen and h['p'] == ARGV[2] and (now < t + tonumber(ARGV[5]) or now == t) then
-  local out = {'grace'}
-  for _, v in ipairs(flat) do out[#out + 1] = v end
-  return out
+local t = tonumber(t) or 0
+if pgen + 1 == gen and p == ARGV[2] and (now < t + tonumber(ARGV[5]) or now == t) then
+  return {'grace', v}
 end
 if pgen < gen then
   redis.call('DEL', KEYS[1])
@@ -813,24 +589,20 @@ if pgen < gen then
   return {'reused'}
 end
 return {'invalid'}
-"
-);
+";
 
-/// Copies new roles into every live session of a user.
-const SET_ROLES: &str = concat!(
-    auth_lua!(),
-    r"
+/// Copies new roles into every session of a user.
+const SET_ROLES: &str = r"
 for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  local i, a, l, rest = auth(ARGV[1] .. m)
-  local head = rest and string.match(rest, '^(%S+ %S+) ')
+  local key = ARGV[1] .. m
+  local v, head, tail = record(key)
+  if v then head, tail = string.match(v, '^(%d+ %d+ %d+ %S+ %S+) %S* (.*)$') end
   if head then
-    local packed = string.format('%d %d ', i, a) .. l .. ' ' .. head .. ' ' .. ARGV[2]
-    redis.call('HSET', ARGV[1] .. m, 'u', packed)
+    redis.call('SET', key, head .. ' ' .. ARGV[2] .. ' ' .. tail, 'KEEPTTL')
   end
 end
 return 1
-"
-);
+";
 
 /// Counts a failure in a fixed window that starts at the first failure.
 const LIMIT_HIT: &str = r"
@@ -868,10 +640,8 @@ impl SessionStore for RedisStore {
                     .arg(max_per_user.max(1))
                     .arg(session.expires_at().as_millis())
                     .arg(session.absolute_expires_at.as_millis())
-                    .arg(session.created_at.as_millis());
-                for (k, v) in session_fields(session) {
-                    inv.arg(k).arg(v);
-                }
+                    .arg(session.created_at.as_millis())
+                    .arg(record::pack(session));
                 inv.invoke_async(&mut c).await
             })
             .await;
@@ -910,28 +680,31 @@ impl SessionStore for RedisStore {
         }
         let ticket = self.cache.as_ref().map(|cache| cache.ticket(user, id));
         let key = &self.session_key(user, id);
-        let reply: Value = self
+        let reply: Option<Value> = self
             .run(|mut c| async move {
                 // Sized up front: grown argument by argument, the command's buffers were
                 // reallocated per argument. The data buffer holds the arguments' bytes.
-                let data = "HGET".len() + key.len() + AUTH_FIELD.len();
-                let mut cmd = Cmd::with_capacity(3, data);
-                cmd.arg("HGET").arg(key).arg(AUTH_FIELD);
-                cmd.query_async(&mut c).await
+                let mut cmd = Cmd::with_capacity(2, "GET".len() + key.len());
+                cmd.arg("GET").arg(key);
+                match cmd.query_async(&mut c).await {
+                    // A hash: a session written by an earlier build (see `record`).
+                    Err(e) if e.code() == Some("WRONGTYPE") => Ok(None),
+                    reply => reply.map(Some),
+                }
             })
             .await?;
         let reply = match reply {
-            // Written by an earlier build: rewrite it once, then read it as usual. Boxed: this
-            // cold path would otherwise grow the future every verification moves.
-            Value::BulkString(v) if !is_packed(&v) => Box::pin(self.upgrade(key)).await?,
-            reply => reply,
+            Some(reply) => reply,
+            // Rewritten once, then read as usual. Boxed: this cold path would otherwise grow
+            // the future every verification moves.
+            None => Box::pin(self.upgrade(key)).await?,
         };
         let session = match &reply {
             Value::Nil => None,
-            Value::BulkString(v) => Some(unpack_auth(user, id, v)?),
+            Value::BulkString(v) => Some(record::unpack_active(user, id, v)?),
             _ => {
                 return Err(StoreError::Unexpected(anyhow::anyhow!(
-                    "redis answered HGET with something other than a string"
+                    "redis answered GET with something other than a string"
                 )));
             }
         };
@@ -980,21 +753,22 @@ impl SessionStore for RedisStore {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = ids.iter().map(|id| self.session_key(user, *id)).collect();
-        let all: Vec<Vec<Vec<u8>>> = self
+        let all: Vec<Option<Vec<u8>>> = self
             .run(|mut c| async move {
-                let mut p = redis::pipe();
+                let mut inv = self.scripts.read_all.prepare_invoke();
                 for k in &keys {
-                    p.cmd("HGETALL").arg(k);
+                    inv.key(k);
                 }
-                p.query_async(&mut c).await
+                inv.invoke_async(&mut c).await
             })
             .await?;
         let mut out = Vec::new();
-        for (id, flat) in ids.into_iter().zip(all) {
-            if let Some(s) = parse_session_pairs(user, id, &flat)?
-                && s.is_alive(now)
-            {
-                out.push(s);
+        for (id, v) in ids.into_iter().zip(all) {
+            if let Some(v) = v {
+                let s = record::unpack(user, id, &v)?;
+                if s.is_alive(now) {
+                    out.push(s);
+                }
             }
         }
         out.sort_by_key(|s| (s.created_at, s.id));
@@ -1049,8 +823,8 @@ impl SessionStore for RedisStore {
                     .key(&key)
                     .key(&idx)
                     .arg(p.generation)
-                    .arg(p.hash.as_slice())
-                    .arg(p.successor_hash.as_slice())
+                    .arg(record::hash_text(&p.hash))
+                    .arg(record::hash_text(&p.successor_hash))
                     .arg(now.as_millis())
                     .arg(p.grace.as_millis() as u64)
                     .arg(p.idle_timeout.as_millis() as u64)
@@ -1060,13 +834,20 @@ impl SessionStore for RedisStore {
                     .await
             })
             .await?;
-        let Some((status, fields)) = reply.split_first() else {
-            return Ok(Rotation::Invalid);
+        let (status, v) = match reply.as_slice() {
+            [status] => (status, None),
+            [status, v] => (status, Some(v)),
+            _ => return Ok(Rotation::Invalid),
         };
-        let session = || parse_session_pairs(user, id, fields);
+        let session = || match v {
+            Some(v) => record::unpack(user, id, v),
+            None => Err(StoreError::Unexpected(anyhow::anyhow!(
+                "refresh rotation answered without the session"
+            ))),
+        };
         Ok(match status.as_slice() {
-            b"rotated" => session()?.map_or(Rotation::Invalid, Rotation::Rotated),
-            b"grace" => session()?.map_or(Rotation::Invalid, Rotation::Grace),
+            b"rotated" => Rotation::Rotated(session()?),
+            b"grace" => Rotation::Grace(session()?),
             b"reused" => Rotation::Reused,
             _ => Rotation::Invalid,
         })
@@ -1242,119 +1023,6 @@ impl ProfileCache for RedisStore {
 )]
 mod tests {
     use super::*;
-
-    fn ids() -> (UserId, SessionId) {
-        (
-            UserId(uuid::Uuid::new_v4()),
-            SessionId(uuid::Uuid::new_v4()),
-        )
-    }
-
-    fn sample(cookie_hash: Option<[u8; 32]>, roles: &str) -> Session {
-        let (user, id) = ids();
-        let at = |ms| Timestamp::from_millis(ms);
-        Session {
-            id,
-            user_id: user,
-            username: Username::parse("alice.b@example-1").unwrap(),
-            roles: Roles::from_csv(roles),
-            created_at: at(1_700_000_000_000),
-            last_seen_at: at(1_700_000_000_500),
-            idle_expires_at: at(1_700_001_800_500),
-            absolute_expires_at: at(1_702_592_000_000),
-            user_agent: Some("Mozilla/5.0 (X11; Linux x86_64)".into()),
-            ip: Some("192.0.2.1".into()),
-            refresh: RefreshState {
-                generation: 3,
-                hash: [7; 32],
-                prev_hash: None,
-                rotated_at: None,
-            },
-            cookie_hash,
-        }
-    }
-
-    /// The packed auth field reads back as written, with and without a cookie, with no role and
-    /// with several, and a whole record written by `session_fields` reads back whole.
-    #[test]
-    fn the_packed_auth_field_round_trips() {
-        for (cookie, roles) in [
-            (None, ""),
-            (Some([0xa5; 32]), "admin"),
-            (Some([0; 32]), "admin,ops:read,x.y-z"),
-        ] {
-            let s = sample(cookie, roles);
-            let got = unpack_auth(s.user_id, s.id, &pack_auth(&s)).unwrap();
-            assert_eq!(
-                (got.username.as_str(), got.roles.to_csv(), got.cookie_hash),
-                (s.username.as_str(), roles.to_owned(), cookie)
-            );
-            assert_eq!(
-                (
-                    got.last_seen_at,
-                    got.idle_expires_at,
-                    got.absolute_expires_at
-                ),
-                (s.last_seen_at, s.idle_expires_at, s.absolute_expires_at)
-            );
-            let flat: Vec<Vec<u8>> = session_fields(&s)
-                .into_iter()
-                .flat_map(|(k, v)| [k.as_bytes().to_vec(), v])
-                .collect();
-            let whole = parse_session_pairs(s.user_id, s.id, &flat)
-                .unwrap()
-                .unwrap();
-            assert_eq!(whole, s);
-        }
-    }
-
-    /// A session key holding something else than our record (another writer, a damaged value)
-    /// must be a store error, never a panic and never an authenticated session.
-    #[test]
-    fn auth_fields_that_are_not_a_whole_record_are_refused() {
-        let (user, id) = ids();
-        let good = "1000 9000 500 - alice admin";
-        assert!(unpack_auth(user, id, good.as_bytes()).is_ok());
-        for bad in [
-            "",
-            "1000 9000 500 - alice", // roles missing (empty roles keep their space)
-            "1000 9000 - alice admin", // a time missing
-            "soon 9000 500 - alice admin", // not a time
-            "1000 9000 500 abcd alice admin", // a cookie hash of the wrong length
-            "1000 9000 500 - Al!ce admin", // not a username
-        ] {
-            assert!(unpack_auth(user, id, bad.as_bytes()).is_err(), "{bad:?}");
-        }
-        assert!(unpack_auth(user, id, b"1000 9000 500 - \xff admin").is_err());
-    }
-
-    /// Records written by earlier builds (separate `u r l i a k` fields) are still read.
-    #[test]
-    fn a_record_in_the_older_field_layout_is_read() {
-        let s = sample(Some([0x41; 32]), "admin");
-        let ms = |t: Timestamp| t.as_millis().to_string().into_bytes();
-        let old: Vec<(&str, Vec<u8>)> = vec![
-            ("u", b"alice.b@example-1".to_vec()),
-            ("r", b"admin".to_vec()),
-            ("c", ms(s.created_at)),
-            ("l", ms(s.last_seen_at)),
-            ("i", ms(s.idle_expires_at)),
-            ("a", ms(s.absolute_expires_at)),
-            ("g", b"3".to_vec()),
-            ("h", vec![7; 32]),
-            ("ua", b"Mozilla/5.0 (X11; Linux x86_64)".to_vec()),
-            ("ip", b"192.0.2.1".to_vec()),
-            ("k", vec![0x41; 32]),
-        ];
-        let flat: Vec<Vec<u8>> = old
-            .into_iter()
-            .flat_map(|(k, v)| [k.as_bytes().to_vec(), v])
-            .collect();
-        let got = parse_session_pairs(s.user_id, s.id, &flat)
-            .unwrap()
-            .unwrap();
-        assert_eq!(got, s);
-    }
 
     #[test]
     fn redis_urls_name_their_topology() {
