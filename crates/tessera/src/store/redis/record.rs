@@ -13,8 +13,9 @@
 //! Why a string and not a hash of fields: Redis keeps a hash compact only while every value
 //! fits `hash-max-listpack-value` (64 bytes by default), and a browser's user agent, an email
 //! address with the times beside it, or a cookie hash does not. Past it the hash takes Redis's
-//! large encoding, 703–895 bytes per session measured; as one string the same sessions take
-//! 399–527 (`bench/run`, see the README), whatever the server's settings.
+//! large encoding: 706–946 bytes per session measured with the index's share; as one string
+//! the same sessions take 402–530 (`bench/run`, see the README), whatever the server's
+//! settings.
 //!
 //! What authentication reads comes first, so a verification parses six fields and stops.
 //! Builds before this one kept a session as a hash (first with separate fields, later with
