@@ -34,6 +34,7 @@ use super::{
 };
 use crate::domain::clock::Timestamp;
 use crate::domain::jwt::KeyRing;
+use crate::domain::secret::b64;
 use crate::domain::session::{ActiveSession, Session, SessionId};
 use crate::domain::user::{Roles, UserId};
 
@@ -823,8 +824,9 @@ impl SessionStore for RedisStore {
                     .key(&key)
                     .key(&idx)
                     .arg(p.generation)
-                    .arg(record::hash_text(&p.hash))
-                    .arg(record::hash_text(&p.successor_hash))
+                    // As the record holds hashes (unpadded base64url), for the script to compare.
+                    .arg(b64(&p.hash))
+                    .arg(b64(&p.successor_hash))
                     .arg(now.as_millis())
                     .arg(p.grace.as_millis() as u64)
                     .arg(p.idle_timeout.as_millis() as u64)

@@ -137,11 +137,6 @@ pub(super) fn unpack(user: UserId, id: SessionId, v: &[u8]) -> Result<Session, S
     })
 }
 
-/// A hash as the record holds it, for the scripts that compare one.
-pub(super) fn hash_text(h: &[u8; 32]) -> String {
-    URL_SAFE_NO_PAD.encode(h)
-}
-
 fn corrupt() -> StoreError {
     StoreError::Unexpected(anyhow::anyhow!("corrupt redis session record"))
 }
