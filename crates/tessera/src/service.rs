@@ -842,14 +842,16 @@ impl Auth {
                 if !self.may_reload_keys(now) {
                     return Err(not_loaded);
                 }
-                self.reload_keys().await?;
+                // Boxed, as below: a cold path that would otherwise grow the future of every
+                // verification, which is moved into its box on every request.
+                Box::pin(self.reload_keys()).await?;
                 self.keys()?
             }
         };
         let mut verified = keys.verify(token, now, leeway);
         if verified == Err(TokenError::UnknownKey) && self.may_reload_keys(now) {
             // Another instance may have rotated a moment ago: look once before refusing.
-            self.reload_keys().await?;
+            Box::pin(self.reload_keys()).await?;
             verified = self.keys()?.verify(token, now, leeway);
         }
         let claims = verified.map_err(|e| {

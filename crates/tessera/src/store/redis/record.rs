@@ -141,9 +141,35 @@ fn corrupt() -> StoreError {
     StoreError::Unexpected(anyhow::anyhow!("corrupt redis session record"))
 }
 
+/// Milliseconds as the record writes them: decimal digits, optionally after a `-`. Parsed from
+/// the bytes: three per verification, and going through `str` (UTF-8 check, then `parse`) cost
+/// ~280 instructions each under callgrind.
 fn time(v: &[u8]) -> Result<Timestamp, StoreError> {
-    let v = std::str::from_utf8(v).map_err(|_| corrupt())?;
-    v.parse().map(Timestamp::from_millis).map_err(|_| corrupt())
+    let (negative, digits) = match v {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, v),
+    };
+    if digits.is_empty() {
+        return Err(corrupt());
+    }
+    let mut ms: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return Err(corrupt());
+        }
+        let digit = i64::from(d - b'0');
+        ms = ms
+            .checked_mul(10)
+            .and_then(|m| {
+                if negative {
+                    m.checked_sub(digit)
+                } else {
+                    m.checked_add(digit)
+                }
+            })
+            .ok_or_else(corrupt)?;
+    }
+    Ok(Timestamp::from_millis(ms))
 }
 
 /// The fields of a record, in order.
@@ -261,6 +287,33 @@ end
 )]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_parse_from_bytes_as_i64_parses_them_and_anything_else_is_corrupt() {
+        let max = i64::MAX.to_string();
+        let min = i64::MIN.to_string();
+        for text in ["0", "1700000000123", "-1", "-0", "007", &max, &min] {
+            let parsed = time(text.as_bytes()).map(Timestamp::as_millis).ok();
+            assert_eq!(parsed, text.parse::<i64>().ok(), "{text}");
+            assert!(parsed.is_some(), "{text}");
+        }
+        let over = "9223372036854775808";
+        let under = "-9223372036854775809";
+        for bad in [
+            &b""[..],
+            b"-",
+            b"+5",
+            b" 5",
+            b"5 ",
+            b"5a",
+            b"1.5",
+            b"\xff1",
+            over.as_bytes(),
+            under.as_bytes(),
+        ] {
+            assert!(time(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
 
     fn ids() -> (UserId, SessionId) {
         (UserId::new(), SessionId::new())
