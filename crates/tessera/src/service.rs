@@ -275,8 +275,11 @@ pub struct Auth {
     /// successes are cached (an attacker cannot fill it), expiry is re-checked on every hit, and
     /// the session is still read from the store on every request, so revocation is immediate.
     /// It keeps what verification needs, parsed once (not the claims, whose ids would be parsed
-    /// again on every hit); a synchronous cache, since a lookup never waits.
-    verified: moka::sync::Cache<[u8; 32], VerifiedToken>,
+    /// again on every hit); a synchronous cache, since a lookup never waits. `quick_cache`, not
+    /// moka: it is looked up on every request, and a moka lookup cost ~1,100 instructions under
+    /// callgrind, this one ~200. It has no time-to-live, and needs none: an entry carries its
+    /// token's expiry, and the 100,000 entries bound its memory.
+    verified: quick_cache::sync::Cache<[u8; 32], VerifiedToken>,
     hasher: PasswordHasher,
     clock: Arc<dyn Clock>,
     policy: Policy,
@@ -332,10 +335,7 @@ impl Auth {
             keys: RwLock::new(None),
             last_kid_reload: std::sync::atomic::AtomicI64::new(0),
             profiles,
-            verified: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(policy.tokens.ttl + policy.tokens.leeway)
-                .build(),
+            verified: quick_cache::sync::Cache::new(100_000),
             hasher,
             clock,
             policy,

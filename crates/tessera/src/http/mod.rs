@@ -283,11 +283,11 @@ where
             request_id = %id.to_str().unwrap_or(""),
         );
         let started = std::time::Instant::now();
-        let call = span.in_scope(|| {
-            tracing::debug!("started processing request");
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.call(req)))
-        });
+        // Outside the span: `call` only builds the request's future (routing, no handler code,
+        // nothing logged), and entering the span for it was one more enter and exit per request.
+        let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.call(req)));
         async move {
+            tracing::debug!("started processing request");
             let res = match call {
                 Ok(fut) => match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
                     Ok(Ok(res)) => res,
