@@ -238,7 +238,7 @@ where
 /// which hyper moves and the runtime polls through. Under callgrind a verification cost 70.1k
 /// instructions through those layers, 67.5k through this one, and 59.4k with no edge at all;
 /// most of what is left is the span (4.2k), kept because it puts the request id on every log
-/// line of the request (see the README's Performance).
+/// line of the request (bench/NOTES.md).
 #[derive(Clone)]
 pub struct Edge<S> {
     inner: S,
