@@ -17,6 +17,7 @@
 //! - The TTL bounds staleness if all of that fails (a silent partition shorter than the
 //!   heartbeat).
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -170,20 +171,44 @@ impl SessionCache {
         }
     }
 
+    /// Stops serving entries until the tracker has reconnected: the store has just moved to
+    /// another connection (behind Sentinel, maybe another master), which the tracking
+    /// connection may not be watching.
+    pub fn suspend(&self) {
+        self.set_tracking(false);
+    }
+
     /// Whether entries are being served.
     pub fn is_tracking(&self) -> bool {
         self.tracking.load(Ordering::Acquire)
     }
 }
 
-/// Keeps a tracking connection to the Redis `client` names open for as long as the process
-/// runs, reconnecting after failures; the cache is bypassed while there is none.
-pub fn spawn_tracker(cache: Arc<SessionCache>, client: redis::Client, timeout: Duration) {
+/// Keeps a tracking connection open for as long as the process runs, reconnecting after
+/// failures; the cache is bypassed while there is none.
+///
+/// `node` names the Redis the sessions are written to, asked anew at every connection: behind
+/// Sentinel that is whichever node is master now. With `follow_master` the heartbeat also asks
+/// the node its `ROLE`: a master demoted by a failover keeps its connections open but no longer
+/// takes the writes, so tracking it would hear of no logout; the tracker then lets go and
+/// follows the new master (meanwhile, like any gap in tracking, the cache is bypassed).
+pub fn spawn_tracker<F, Fut>(
+    cache: Arc<SessionCache>,
+    node: F,
+    follow_master: bool,
+    timeout: Duration,
+) where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: Future<Output = redis::RedisResult<redis::Client>> + Send,
+{
     tokio::spawn(async move {
         loop {
-            match track(&cache, &client, timeout).await {
-                Ok(()) => {}
-                Err(e) => tracing::debug!(error = %e, "session cache tracking connection lost"),
+            let tracked = match node().await {
+                Ok(client) => track(&cache, &client, follow_master, timeout).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = tracked {
+                tracing::debug!(error = %e, "session cache tracking connection lost");
             }
             cache.set_tracking(false);
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -194,6 +219,7 @@ pub fn spawn_tracker(cache: Arc<SessionCache>, client: redis::Client, timeout: D
 async fn track(
     cache: &Arc<SessionCache>,
     client: &redis::Client,
+    follow_master: bool,
     timeout: Duration,
 ) -> redis::RedisResult<()> {
     let info = client.get_connection_info().clone();
@@ -213,6 +239,9 @@ async fn track(
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
         .await?;
+    if follow_master && !is_master(&mut conn).await? {
+        return Ok(()); // the sentinels' answer is already out of date: ask again
+    }
     redis::cmd("CLIENT")
         .arg("TRACKING")
         .arg("ON")
@@ -225,10 +254,34 @@ async fn track(
     tracing::info!("session cache on: Redis reports every change of a session");
     loop {
         tokio::time::sleep(HEARTBEAT).await;
-        redis::cmd("PING").exec_async(&mut conn).await?;
-        if !cache.is_tracking() {
-            return Ok(()); // a disconnection was pushed meanwhile
+        if follow_master {
+            if !is_master(&mut conn).await? {
+                tracing::info!("session cache: the tracked Redis is no longer the master");
+                return Ok(());
+            }
+        } else {
+            redis::cmd("PING").exec_async(&mut conn).await?;
         }
+        if !cache.is_tracking() {
+            return Ok(()); // a disconnection was pushed, or the store moved, meanwhile
+        }
+    }
+}
+
+/// Whether the node behind `conn` says it is a master (`ROLE`).
+async fn is_master(conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<bool> {
+    let role: Value = redis::cmd("ROLE").query_async(conn).await?;
+    Ok(role_is_master(&role))
+}
+
+fn role_is_master(role: &Value) -> bool {
+    match role {
+        Value::Array(parts) => match parts.first() {
+            Some(Value::BulkString(name)) => name == b"master",
+            Some(Value::SimpleString(name)) => name == "master",
+            _ => false,
+        },
+        _ => false,
     }
 }
 
@@ -309,6 +362,22 @@ mod tests {
         assert!(c.get(s.user_id, s.id).is_none());
         c.insert(c.ticket(s.user_id, s.id), &s);
         assert!(c.get(s.user_id, s.id).is_none(), "bypassed while down");
+    }
+
+    #[test]
+    fn only_a_role_reply_naming_master_counts_as_the_master() {
+        let reply = |name: Value| Value::Array(vec![name, Value::Int(0), Value::Array(vec![])]);
+        assert!(role_is_master(&reply(Value::BulkString(
+            b"master".to_vec()
+        ))));
+        assert!(role_is_master(&reply(Value::SimpleString("master".into()))));
+        assert!(!role_is_master(&reply(Value::BulkString(
+            b"slave".to_vec()
+        ))));
+        assert!(!role_is_master(&reply(Value::BulkString(
+            b"sentinel".to_vec()
+        ))));
+        assert!(!role_is_master(&Value::Nil));
     }
 
     #[test]

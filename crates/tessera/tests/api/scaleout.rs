@@ -308,6 +308,48 @@ async fn a_malformed_redis_url_stops_start_up_without_showing_the_password() {
     );
 }
 
+/// Waits until `app` answers `access` from memory: 50 verifications in a row without a
+/// single `GET` on the Redis at `port`.
+async fn wait_until_served_from_memory(app: &TestApp, access: &str, port: u16) {
+    let started = Instant::now();
+    loop {
+        assert_eq!(app.verify_status(access).await, StatusCode::OK);
+        let before = servers::redis_calls(port, "get");
+        for _ in 0..50 {
+            assert_eq!(app.verify_status(access).await, StatusCode::OK);
+        }
+        if servers::redis_calls(port, "get") == before {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still reads every session from Redis"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Logs `access` out on `a` and asserts that `b`, which holds it in memory, refuses it within
+/// a second.
+async fn a_logout_on_a_reaches_b(a: &TestApp, b: &TestApp, access: &str) {
+    let res = a.logout(access).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let logged_out = Instant::now();
+    let mut verifications = 0;
+    while b.verify_status(access).await != StatusCode::UNAUTHORIZED {
+        verifications += 1;
+        assert!(
+            logged_out.elapsed() < Duration::from_secs(1),
+            "B still accepts the session {:?} after the logout",
+            logged_out.elapsed()
+        );
+    }
+    println!(
+        "B refused the session {:?} after A's logout answered ({verifications} verifications still passed)",
+        logged_out.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn with_the_session_cache_verification_skips_redis_and_a_logout_elsewhere_lands_in_milliseconds()
  {
@@ -323,41 +365,11 @@ async fn with_the_session_cache_verification_skips_redis_and_a_logout_elsewhere_
     let b = spawn_in(Arc::new(tempfile::tempdir().unwrap()), backend, &env).await;
     let t = a.login("admin", ADMIN_PASSWORD).await;
 
-    // Once B's tracking connection is up, B verifies without reading the session from Redis.
-    let started = Instant::now();
-    loop {
-        assert_eq!(b.verify_status(&t.access).await, StatusCode::OK);
-        let before = servers::redis_calls(redis.port, "get");
-        for _ in 0..50 {
-            assert_eq!(b.verify_status(&t.access).await, StatusCode::OK);
-        }
-        if servers::redis_calls(redis.port, "get") == before {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "B still reads every session from Redis"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Once B's tracking connection is up, B verifies without reading the session from Redis;
+    // a logout on A reaches B's memory through Redis's invalidation push.
+    wait_until_served_from_memory(&b, &t.access, redis.port).await;
+    a_logout_on_a_reaches_b(&a, &b, &t.access).await;
 
-    // A logout on A reaches B's memory through Redis's invalidation push.
-    let res = a.logout(&t.access).await;
-    assert_eq!(res.status(), StatusCode::OK);
-    let logged_out = Instant::now();
-    let mut verifications = 0;
-    while b.verify_status(&t.access).await != StatusCode::UNAUTHORIZED {
-        verifications += 1;
-        assert!(
-            logged_out.elapsed() < Duration::from_secs(1),
-            "B still accepts the session {:?} after the logout",
-            logged_out.elapsed()
-        );
-    }
-    println!(
-        "B refused the session {:?} after A's logout answered ({verifications} verifications still passed)",
-        logged_out.elapsed()
-    );
     // A FLUSHALL (null invalidation) empties the cache too.
     let t = a.login("admin", ADMIN_PASSWORD).await;
     assert_eq!(b.verify_status(&t.access).await, StatusCode::OK);
@@ -405,5 +417,110 @@ async fn a_browser_session_costs_redis_under_600_bytes_at_its_default_settings()
     assert!(
         largest + share < 600,
         "{largest} + {share} bytes per session"
+    );
+}
+
+#[tokio::test]
+async fn behind_sentinel_the_session_cache_follows_the_master_through_a_failover() {
+    let mut topo = servers::RedisSentinel::start();
+    let backend = redis_postgres_env_on(topo.url()).await;
+    let env = [("TESSERA_SESSION_CACHE_TTL", "60s")];
+    let a = spawn_in(
+        Arc::new(tempfile::tempdir().unwrap()),
+        backend.clone(),
+        &env,
+    )
+    .await;
+    let b = spawn_in(Arc::new(tempfile::tempdir().unwrap()), backend, &env).await;
+
+    let before = a.login("admin", ADMIN_PASSWORD).await;
+    wait_until_served_from_memory(&b, &before.access, topo.master.port).await;
+    let gone = a.login("admin", ADMIN_PASSWORD).await;
+    wait_until_served_from_memory(&b, &gone.access, topo.master.port).await;
+    a_logout_on_a_reaches_b(&a, &b, &gone.access).await;
+
+    topo.wait_for_replication();
+    topo.master.kill();
+    topo.wait_for_promotion();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let res = a.login_raw("admin", ADMIN_PASSWORD).await;
+        match res.status() {
+            StatusCode::OK => break res.json::<Value>().await.unwrap(),
+            StatusCode::SERVICE_UNAVAILABLE => {}
+            other => panic!("only 200 or 503 during a failover, got {other}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no login within 20 s of the promotion"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let after = after["access_token"].as_str().unwrap().to_owned();
+    loop {
+        match b.verify_status(&after).await {
+            StatusCode::OK => break,
+            StatusCode::SERVICE_UNAVAILABLE => {}
+            other => panic!("only 200 or 503 during a failover, got {other}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "B does not verify within 20 s of the promotion"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // B serves from memory again, now tracking the new master: a logout written there, of a
+    // session made after the failover and of one B cached before it, reaches B at once.
+    wait_until_served_from_memory(&b, &after, topo.replica.port).await;
+    a_logout_on_a_reaches_b(&a, &b, &after).await;
+    wait_until_served_from_memory(&b, &before.access, topo.replica.port).await;
+    a_logout_on_a_reaches_b(&a, &b, &before.access).await;
+}
+
+#[tokio::test]
+async fn the_session_cache_serves_nothing_while_its_tracked_node_is_not_the_master() {
+    use tessera::store::session_cache::{SessionCache, spawn_tracker};
+    let master = servers::RedisProcess::start(&[]);
+    let replica =
+        servers::RedisProcess::start(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+    // A tracker told to follow the master, on a fixed node: what a sentinel's answer gives
+    // when it is out of date.
+    let tracking = |url: String| {
+        let cache = Arc::new(SessionCache::new("t", Duration::from_secs(60)));
+        let client = redis::Client::open(url).unwrap();
+        let node = move || std::future::ready(Ok(client.clone()));
+        spawn_tracker(Arc::clone(&cache), node, true, Duration::from_millis(500));
+        cache
+    };
+    let on_master = tracking(master.url());
+    let on_replica = tracking(replica.url());
+    let started = Instant::now();
+    while !on_master.is_tracking() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the master is never tracked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!on_replica.is_tracking(), "a replica hears of no writes");
+
+    // The master is demoted (a failover it was not told of by the sentinels): let go.
+    assert!(servers::redis_cli(replica.port, &["replicaof", "no", "one"]).is_some());
+    let replica_port = replica.port.to_string();
+    assert!(servers::redis_cli(master.port, &["replicaof", "127.0.0.1", &replica_port]).is_some());
+    let demoted = Instant::now();
+    while on_master.is_tracking() {
+        assert!(
+            demoted.elapsed() < Duration::from_secs(2),
+            "a demoted master is still tracked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !on_master.is_tracking(),
+        "nor tracked again while a replica"
     );
 }

@@ -168,6 +168,21 @@ enum Connector {
     Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
 }
 
+impl Connector {
+    /// A client for the node sessions are written to: behind Sentinel, the current master (as
+    /// the sentinels say and the node confirms). Not defined for a Cluster.
+    async fn node(&self) -> redis::RedisResult<redis::Client> {
+        match self {
+            Self::Standalone(client) => Ok(client.clone()),
+            Self::Sentinel(client) => client.lock().await.async_get_client().await,
+            Self::Cluster(_) => Err(RedisError::from((
+                redis::ErrorKind::Client,
+                "a cluster has no single node to track",
+            ))),
+        }
+    }
+}
+
 /// The Redis store. Cheap to clone.
 ///
 /// The connection is opened lazily: a Redis that is down when tessera starts (or that a
@@ -185,7 +200,7 @@ pub struct RedisStore {
     prefix: Arc<str>,
     timeout: Duration,
     scripts: Arc<Scripts>,
-    /// Session records served from memory (`session_cache_ttl`), standalone Redis only.
+    /// Session records served from memory (`session_cache_ttl`); not on a Cluster.
     cache: Option<Arc<SessionCache>>,
 }
 
@@ -260,24 +275,38 @@ impl RedisStore {
                 ))
             }
         };
-        let cache = match (&connector, session_cache_ttl.is_zero()) {
+        let connector = Arc::new(connector);
+        let cache = match (&*connector, session_cache_ttl.is_zero()) {
             (_, true) => None,
-            (Connector::Standalone(client), false) => {
-                let cache = Arc::new(SessionCache::new(prefix, session_cache_ttl));
-                super::session_cache::spawn_tracker(Arc::clone(&cache), client.clone(), timeout);
-                Some(cache)
-            }
-            (_, false) => {
+            (Connector::Cluster(_), false) => {
                 tracing::warn!(
-                    "session_cache_ttl is ignored: the session cache needs a standalone redis_url"
+                    "session_cache_ttl is ignored: the session cache is not available on a Redis Cluster"
                 );
                 None
+            }
+            (Connector::Standalone(_) | Connector::Sentinel(_), false) => {
+                let cache = Arc::new(SessionCache::new(prefix, session_cache_ttl));
+                let follow_master = matches!(*connector, Connector::Sentinel(_));
+                let node = {
+                    let connector = Arc::clone(&connector);
+                    move || {
+                        let connector = Arc::clone(&connector);
+                        async move { connector.node().await }
+                    }
+                };
+                super::session_cache::spawn_tracker(
+                    Arc::clone(&cache),
+                    node,
+                    follow_master,
+                    timeout,
+                );
+                Some(cache)
             }
         };
         let store = Self {
             cache,
             conn: Arc::new(std::sync::RwLock::new(None)),
-            connector: Arc::new(connector),
+            connector,
             connecting: Arc::new(tokio::sync::Mutex::new(())),
             prefix: prefix.into(),
             timeout,
@@ -365,6 +394,13 @@ impl RedisStore {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some((current.map_or(0, |g| g + 1), fresh));
+        if let (Some(_), Connector::Sentinel(_), Some(cache)) =
+            (current, &*self.connector, &self.cache)
+        {
+            // Maybe another master now, which the tracking connection may not be watching:
+            // nothing from memory until it has followed.
+            cache.suspend();
+        }
         tracing::info!("connected to redis");
         Ok(())
     }
