@@ -229,20 +229,7 @@ async fn the_service_survives_a_killed_sentinel_master_under_traffic() {
     topo.master.kill();
     topo.wait_for_promotion();
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let res = app.login_raw("admin", ADMIN_PASSWORD).await;
-        match res.status() {
-            StatusCode::OK => break,
-            StatusCode::SERVICE_UNAVAILABLE => {}
-            other => panic!("only 200 or 503 during a failover, got {other}"),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no successful write within 20 s of the promotion"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    login_after_failover(&app, Instant::now() + Duration::from_secs(20)).await;
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let seen = traffic.await.unwrap();
     assert!(
@@ -308,6 +295,38 @@ async fn a_malformed_redis_url_stops_start_up_without_showing_the_password() {
     );
 }
 
+/// Two instances on the Redis at `redis_url` (and a PostgreSQL), with the session cache on.
+async fn two_cached_instances(redis_url: String) -> (TestApp, TestApp) {
+    let backend = redis_postgres_env_on(redis_url).await;
+    let env = [("TESSERA_SESSION_CACHE_TTL", "60s")];
+    let a = spawn_in(
+        Arc::new(tempfile::tempdir().unwrap()),
+        backend.clone(),
+        &env,
+    )
+    .await;
+    let b = spawn_in(Arc::new(tempfile::tempdir().unwrap()), backend, &env).await;
+    (a, b)
+}
+
+/// Logs in on `app` as soon as the store takes writes again after a failover (by `deadline`),
+/// asserting it answers only 200 or 503 meanwhile.
+async fn login_after_failover(app: &TestApp, deadline: Instant) -> Value {
+    loop {
+        let res = app.login_raw("admin", ADMIN_PASSWORD).await;
+        match res.status() {
+            StatusCode::OK => return res.json().await.unwrap(),
+            StatusCode::SERVICE_UNAVAILABLE => {}
+            other => panic!("only 200 or 503 during a failover, got {other}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no successful write within 20 s of the promotion"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Waits until `app` answers `access` from memory: 50 verifications in a row without a
 /// single `GET` on the Redis at `port`.
 async fn wait_until_served_from_memory(app: &TestApp, access: &str, port: u16) {
@@ -354,15 +373,7 @@ async fn a_logout_on_a_reaches_b(a: &TestApp, b: &TestApp, access: &str) {
 async fn with_the_session_cache_verification_skips_redis_and_a_logout_elsewhere_lands_in_milliseconds()
  {
     let redis = servers::RedisProcess::start(&[]);
-    let backend = redis_postgres_env_on(redis.url()).await;
-    let env = [("TESSERA_SESSION_CACHE_TTL", "60s")];
-    let a = spawn_in(
-        Arc::new(tempfile::tempdir().unwrap()),
-        backend.clone(),
-        &env,
-    )
-    .await;
-    let b = spawn_in(Arc::new(tempfile::tempdir().unwrap()), backend, &env).await;
+    let (a, b) = two_cached_instances(redis.url()).await;
     let t = a.login("admin", ADMIN_PASSWORD).await;
 
     // Once B's tracking connection is up, B verifies without reading the session from Redis;
@@ -423,15 +434,7 @@ async fn a_browser_session_costs_redis_under_600_bytes_at_its_default_settings()
 #[tokio::test]
 async fn behind_sentinel_the_session_cache_follows_the_master_through_a_failover() {
     let mut topo = servers::RedisSentinel::start();
-    let backend = redis_postgres_env_on(topo.url()).await;
-    let env = [("TESSERA_SESSION_CACHE_TTL", "60s")];
-    let a = spawn_in(
-        Arc::new(tempfile::tempdir().unwrap()),
-        backend.clone(),
-        &env,
-    )
-    .await;
-    let b = spawn_in(Arc::new(tempfile::tempdir().unwrap()), backend, &env).await;
+    let (a, b) = two_cached_instances(topo.url()).await;
 
     let before = a.login("admin", ADMIN_PASSWORD).await;
     wait_until_served_from_memory(&b, &before.access, topo.master.port).await;
@@ -443,19 +446,7 @@ async fn behind_sentinel_the_session_cache_follows_the_master_through_a_failover
     topo.master.kill();
     topo.wait_for_promotion();
     let deadline = Instant::now() + Duration::from_secs(20);
-    let after = loop {
-        let res = a.login_raw("admin", ADMIN_PASSWORD).await;
-        match res.status() {
-            StatusCode::OK => break res.json::<Value>().await.unwrap(),
-            StatusCode::SERVICE_UNAVAILABLE => {}
-            other => panic!("only 200 or 503 during a failover, got {other}"),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no login within 20 s of the promotion"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let after = login_after_failover(&a, deadline).await;
     let after = after["access_token"].as_str().unwrap().to_owned();
     loop {
         match b.verify_status(&after).await {
