@@ -44,6 +44,9 @@ pub struct SessionCache {
     entries: moka::sync::Cache<(UserId, SessionId), ActiveSession>,
     invalidations: [AtomicU64; SHARDS],
     tracking: AtomicBool,
+    /// Bumped by [`SessionCache::suspend`]: a tracking connection opened before the last bump
+    /// may watch a node the store has left, and must not serve.
+    moves: AtomicU64,
     /// `<prefix>:{u:`: the tracked key prefix.
     user_prefix: String,
 }
@@ -59,6 +62,7 @@ impl SessionCache {
                 .build(),
             invalidations: std::array::from_fn(|_| AtomicU64::new(0)),
             tracking: AtomicBool::new(false),
+            moves: AtomicU64::new(0),
             user_prefix: format!("{prefix}:{{u:"),
         }
     }
@@ -175,6 +179,7 @@ impl SessionCache {
     /// another connection (behind Sentinel, maybe another master), which the tracking
     /// connection may not be watching.
     pub fn suspend(&self) {
+        self.moves.fetch_add(1, Ordering::AcqRel);
         self.set_tracking(false);
     }
 
@@ -203,9 +208,17 @@ pub fn spawn_tracker<F, Fut>(
 {
     tokio::spawn(async move {
         loop {
-            let tracked = match node().await {
-                Ok(client) => track(&cache, &client, follow_master, timeout).await,
-                Err(e) => Err(e),
+            // Before asking where to connect: a move after this makes the answer suspect.
+            let moves = cache.moves.load(Ordering::Acquire);
+            // Under a deadline: behind Sentinel, `node` holds the lock the store's own
+            // reconnection needs, and a sentinel that stops answering must not keep it.
+            let tracked = match tokio::time::timeout(timeout * 4, node()).await {
+                Ok(Ok(client)) => track(&cache, &client, moves, follow_master, timeout).await,
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no answer on where to track",
+                ))),
             };
             if let Err(e) = tracked {
                 tracing::debug!(error = %e, "session cache tracking connection lost");
@@ -219,6 +232,7 @@ pub fn spawn_tracker<F, Fut>(
 async fn track(
     cache: &Arc<SessionCache>,
     client: &redis::Client,
+    moves: u64,
     follow_master: bool,
     timeout: Duration,
 ) -> redis::RedisResult<()> {
@@ -250,7 +264,16 @@ async fn track(
         .arg(&cache.user_prefix)
         .exec_async(&mut conn)
         .await?;
+    let moved = || cache.moves.load(Ordering::Acquire) != moves;
+    if moved() {
+        return Ok(());
+    }
     cache.set_tracking(true);
+    if moved() {
+        // The store moved between the check and the switch: `suspend` may have switched off
+        // before this switched on.
+        return Ok(());
+    }
     tracing::info!("session cache on: Redis reports every change of a session");
     loop {
         tokio::time::sleep(HEARTBEAT).await;
@@ -262,7 +285,7 @@ async fn track(
         } else {
             redis::cmd("PING").exec_async(&mut conn).await?;
         }
-        if !cache.is_tracking() {
+        if !cache.is_tracking() || moved() {
             return Ok(()); // a disconnection was pushed, or the store moved, meanwhile
         }
     }

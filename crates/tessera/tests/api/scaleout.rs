@@ -515,3 +515,99 @@ async fn the_session_cache_serves_nothing_while_its_tracked_node_is_not_the_mast
         "nor tracked again while a replica"
     );
 }
+
+#[tokio::test]
+async fn when_the_store_moves_the_session_cache_follows_even_from_a_healthy_master() {
+    use tessera::domain::clock::Timestamp;
+    use tessera::domain::session::{ActiveSession, SessionId};
+    use tessera::domain::user::{Roles, UserId, Username};
+    use tessera::store::session_cache::{SessionCache, spawn_tracker};
+    // Two masters (a split brain): the tracker is on the first, which stays healthy and a
+    // master, so only the store's move can tell it to go.
+    let first = servers::RedisProcess::start(&[]);
+    let second = servers::RedisProcess::start(&[]);
+    let target = Arc::new(std::sync::Mutex::new(first.url()));
+    let cache = Arc::new(SessionCache::new("t", Duration::from_secs(60)));
+    let node = {
+        let target = Arc::clone(&target);
+        move || std::future::ready(redis::Client::open(target.lock().unwrap().clone()))
+    };
+    spawn_tracker(Arc::clone(&cache), node, true, Duration::from_millis(500));
+    let tracking = |what: &'static str| {
+        let cache = Arc::clone(&cache);
+        async move {
+            let started = Instant::now();
+            while !cache.is_tracking() {
+                assert!(started.elapsed() < Duration::from_secs(5), "{what}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    tracking("the first master is never tracked").await;
+
+    *target.lock().unwrap() = second.url();
+    cache.suspend();
+    assert!(!cache.is_tracking(), "nothing served once the store moved");
+    tracking("the second master is never tracked").await;
+
+    let now = Timestamp::from_millis(1_000);
+    let session = ActiveSession {
+        id: SessionId::new(),
+        user_id: UserId::new(),
+        username: Username::parse("alice").unwrap(),
+        roles: Roles::from_csv(""),
+        last_seen_at: now,
+        idle_expires_at: now,
+        absolute_expires_at: now,
+        cookie_hash: None,
+    };
+    cache.insert(cache.ticket(session.user_id, session.id), &session);
+    assert!(cache.get(session.user_id, session.id).is_some());
+    let key = format!(
+        "t:{{u:{}}}:s:{}",
+        session.user_id.0.simple(),
+        session.id.0.simple()
+    );
+    assert!(servers::redis_cli(second.port, &["set", &key, "changed"]).is_some());
+    let changed = Instant::now();
+    while cache.get(session.user_id, session.id).is_some() {
+        assert!(
+            changed.elapsed() < Duration::from_secs(1),
+            "a change on the store's new node is not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_silent_answer_on_where_to_track_is_given_up_and_asked_again() {
+    use tessera::store::session_cache::{SessionCache, spawn_tracker};
+    let redis = servers::RedisProcess::start(&[]);
+    let url = redis.url();
+    let asked = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let cache = Arc::new(SessionCache::new("t", Duration::from_secs(60)));
+    let node = {
+        let asked = Arc::clone(&asked);
+        move || {
+            // The first answer never comes (a sentinel that stopped answering).
+            let first = asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            let client = redis::Client::open(url.clone());
+            async move {
+                if first {
+                    std::future::pending::<()>().await;
+                }
+                client
+            }
+        }
+    };
+    spawn_tracker(Arc::clone(&cache), node, true, Duration::from_millis(100));
+    let started = Instant::now();
+    while !cache.is_tracking() {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the tracker still waits for the first answer"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
