@@ -469,6 +469,19 @@ async fn behind_sentinel_the_session_cache_follows_the_master_through_a_failover
     a_logout_on_a_reaches_b(&a, &b, &before.access).await;
 }
 
+/// Waits up to `limit` for `cache` to serve from memory (its tracking connection is up).
+async fn wait_until_tracking(
+    cache: &tessera::store::session_cache::SessionCache,
+    limit: Duration,
+    failure: &str,
+) {
+    let started = Instant::now();
+    while !cache.is_tracking() {
+        assert!(started.elapsed() < limit, "{failure}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
 async fn the_session_cache_serves_nothing_while_its_tracked_node_is_not_the_master() {
     use tessera::store::session_cache::{SessionCache, spawn_tracker};
@@ -486,14 +499,12 @@ async fn the_session_cache_serves_nothing_while_its_tracked_node_is_not_the_mast
     };
     let on_master = tracking(master.url());
     let on_replica = tracking(replica.url());
-    let started = Instant::now();
-    while !on_master.is_tracking() {
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "the master is never tracked"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_tracking(
+        &on_master,
+        Duration::from_secs(5),
+        "the master is never tracked",
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(!on_replica.is_tracking(), "a replica hears of no writes");
 
@@ -533,22 +544,13 @@ async fn when_the_store_moves_the_session_cache_follows_even_from_a_healthy_mast
         move || std::future::ready(redis::Client::open(target.lock().unwrap().clone()))
     };
     spawn_tracker(Arc::clone(&cache), node, true, Duration::from_millis(500));
-    let tracking = |what: &'static str| {
-        let cache = Arc::clone(&cache);
-        async move {
-            let started = Instant::now();
-            while !cache.is_tracking() {
-                assert!(started.elapsed() < Duration::from_secs(5), "{what}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
-    tracking("the first master is never tracked").await;
+    let five = Duration::from_secs(5);
+    wait_until_tracking(&cache, five, "the first master is never tracked").await;
 
     *target.lock().unwrap() = second.url();
     cache.suspend();
     assert!(!cache.is_tracking(), "nothing served once the store moved");
-    tracking("the second master is never tracked").await;
+    wait_until_tracking(&cache, five, "the second master is never tracked").await;
 
     let now = Timestamp::from_millis(1_000);
     let session = ActiveSession {
@@ -601,13 +603,7 @@ async fn a_silent_answer_on_where_to_track_is_given_up_and_asked_again() {
         }
     };
     spawn_tracker(Arc::clone(&cache), node, true, Duration::from_millis(100));
-    let started = Instant::now();
-    while !cache.is_tracking() {
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "the tracker still waits for the first answer"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let waited = "the tracker still waits for the first answer";
+    wait_until_tracking(&cache, Duration::from_secs(3), waited).await;
     assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
