@@ -646,11 +646,7 @@ impl Auth {
             iat: now.as_secs(),
             exp: now.plus(ttl).as_secs(),
             aud: self.policy.tokens.audience.clone(),
-            roles: session
-                .roles
-                .iter()
-                .map(|r| r.as_str().to_owned())
-                .collect(),
+            roles: session.roles.iter().map(str::to_owned).collect(),
         };
         let access_token = keys
             .sign(&claims)

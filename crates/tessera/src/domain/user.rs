@@ -98,16 +98,20 @@ impl Role {
 
     /// Parses a role name (case-sensitive; lowercase only).
     pub fn parse(raw: &str) -> Result<Self, InvalidRole> {
-        if !raw.is_empty()
-            && raw.len() <= 32
-            && raw
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._:-".contains(&b))
-        {
+        if Self::is_valid(raw) {
             Ok(Self(raw.to_owned()))
         } else {
             Err(InvalidRole)
         }
+    }
+
+    /// Whether `raw` is a role name: 1–32 of `a-z 0-9 . _ : -`.
+    fn is_valid(raw: &str) -> bool {
+        !raw.is_empty()
+            && raw.len() <= 32
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._:-".contains(&b))
     }
 
     /// The admin role.
@@ -121,39 +125,65 @@ impl Role {
     }
 }
 
-/// A set of roles, sorted and without duplicates so every rendering of it is stable.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-#[serde(transparent)]
-pub struct Roles(Vec<Role>);
+/// A set of roles, sorted and without duplicates so every rendering of it is stable. Kept in its
+/// comma-separated form, which is how it is stored and how `X-Auth-Roles` carries it: every
+/// verification reads a session's roles and sends them on, and a list of owned names cost it a
+/// vector, a string per role, and a second vector and string to join them again.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Roles(Box<str>);
 
 impl Roles {
     /// Builds a normalised role set.
     pub fn new(mut roles: Vec<Role>) -> Self {
         roles.sort();
         roles.dedup();
-        Self(roles)
+        let names: Vec<&str> = roles.iter().map(Role::as_str).collect();
+        Self(names.join(",").into())
     }
 
     /// Parses the comma-separated storage form; unknown junk is dropped, not fatal, because the
-    /// stored value was validated on the way in.
+    /// stored value was validated on the way in. A stored value is already in normal form
+    /// (valid names, sorted, no duplicates), and is then taken as it is.
     pub fn from_csv(csv: &str) -> Self {
+        let mut names = csv.split(',');
+        let mut previous = None;
+        let normal = csv.is_empty()
+            || names.all(|name| {
+                let in_order = previous.is_none_or(|p: &str| p < name);
+                previous = Some(name);
+                in_order && Role::is_valid(name)
+            });
+        if normal {
+            return Self(csv.into());
+        }
         Self::new(csv.split(',').filter_map(|r| Role::parse(r).ok()).collect())
     }
 
     /// Comma-separated, no spaces: the storage form and the `X-Auth-Roles` value.
+    pub fn as_csv(&self) -> &str {
+        &self.0
+    }
+
+    /// [`Roles::as_csv`], owned.
     pub fn to_csv(&self) -> String {
-        let names: Vec<&str> = self.0.iter().map(Role::as_str).collect();
-        names.join(",")
+        self.0.to_string()
     }
 
     /// Whether the set contains `name`.
     pub fn contains(&self, name: &str) -> bool {
-        self.0.iter().any(|r| r.as_str() == name)
+        self.iter().any(|r| r == name)
     }
 
-    /// The roles in order.
-    pub fn iter(&self) -> impl Iterator<Item = &Role> {
-        self.0.iter()
+    /// The role names in order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.0.split(',').filter(|r| !r.is_empty())
+    }
+}
+
+/// A JSON array of the names, as the API shows roles.
+impl Serialize for Roles {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.iter())
     }
 }
 
@@ -199,5 +229,33 @@ mod tests {
         let roles = Roles::from_csv("b,admin,b,,Bad Role");
         assert_eq!(roles.to_csv(), "admin,b");
         assert!(roles.contains("admin"));
+        assert!(!roles.contains("admi"));
+        assert_eq!(roles.iter().collect::<Vec<_>>(), ["admin", "b"]);
+    }
+
+    #[test]
+    fn roles_in_normal_form_are_read_as_they_are_and_anything_else_is_normalised() {
+        for normal in ["", "admin", "a,b,c", "admin,ops:read,x-y.z_1"] {
+            assert_eq!(Roles::from_csv(normal).as_csv(), normal);
+        }
+        for (raw, normal) in [
+            ("b,a", "a,b"),
+            ("a,a", "a"),
+            (",", ""),
+            ("a,", "a"),
+            (",a", "a"),
+            ("A", ""),
+            ("a,B,c", "a,c"),
+            ("c,b,a", "a,b,c"),
+        ] {
+            assert_eq!(Roles::from_csv(raw).as_csv(), normal, "{raw}");
+        }
+        assert_eq!(Roles::default().iter().count(), 0);
+        let json = serde_json::to_string(&Roles::from_csv("ops,admin")).unwrap_or_default();
+        assert_eq!(json, r#"["admin","ops"]"#);
+        assert_eq!(
+            serde_json::to_string(&Roles::default()).unwrap_or_default(),
+            "[]"
+        );
     }
 }

@@ -323,7 +323,7 @@ pub async fn verify(Authenticated(who): Authenticated) -> Response {
         USER_ID,
         value(who.user_id.0.hyphenated().encode_lower(&mut buf)),
     );
-    h.insert(ROLES, value(&who.roles.to_csv()));
+    h.insert(ROLES, value(who.roles.as_csv()));
     h.insert(
         SESSION,
         value(who.session_id.0.hyphenated().encode_lower(&mut buf)),

@@ -371,7 +371,7 @@ pub async fn dashboard(
         Some("revoked") => Some("The session was revoked."),
         _ => None,
     };
-    let roles: Vec<String> = who.roles.iter().map(|r| r.as_str().to_owned()).collect();
+    let roles: Vec<String> = who.roles.iter().map(str::to_owned).collect();
     let Ok(csrf_token) = state.auth.csrf_token(who.session_id) else {
         return unavailable_page(&state);
     };
