@@ -309,22 +309,37 @@ async fn two_cached_instances(redis_url: String) -> (TestApp, TestApp) {
     (a, b)
 }
 
-/// Logs in on `app` as soon as the store takes writes again after a failover (by `deadline`),
-/// asserting it answers only 200 or 503 meanwhile.
-async fn login_after_failover(app: &TestApp, deadline: Instant) -> Value {
+/// Repeats `call` until it answers 200 (by `deadline`, or fails saying `what` did not happen),
+/// asserting it answers only 200 or 503 meanwhile: the promise of a failover.
+async fn ok_after_failover<F, Fut>(deadline: Instant, what: &str, mut call: F) -> reqwest::Response
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = reqwest::Response>,
+{
     loop {
-        let res = app.login_raw("admin", ADMIN_PASSWORD).await;
+        let res = call().await;
         match res.status() {
-            StatusCode::OK => return res.json().await.unwrap(),
+            StatusCode::OK => return res,
             StatusCode::SERVICE_UNAVAILABLE => {}
             other => panic!("only 200 or 503 during a failover, got {other}"),
         }
         assert!(
             Instant::now() < deadline,
-            "no successful write within 20 s of the promotion"
+            "{what} within 20 s of the promotion"
         );
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Logs in on `app` as soon as the store takes writes again after a failover (by `deadline`).
+async fn login_after_failover(app: &TestApp, deadline: Instant) -> Value {
+    ok_after_failover(deadline, "no successful write", || {
+        app.login_raw("admin", ADMIN_PASSWORD)
+    })
+    .await
+    .json()
+    .await
+    .unwrap()
 }
 
 /// Waits until `app` answers `access` from memory: 50 verifications in a row without a
@@ -448,18 +463,10 @@ async fn behind_sentinel_the_session_cache_follows_the_master_through_a_failover
     let deadline = Instant::now() + Duration::from_secs(20);
     let after = login_after_failover(&a, deadline).await;
     let after = after["access_token"].as_str().unwrap().to_owned();
-    loop {
-        match b.verify_status(&after).await {
-            StatusCode::OK => break,
-            StatusCode::SERVICE_UNAVAILABLE => {}
-            other => panic!("only 200 or 503 during a failover, got {other}"),
-        }
-        assert!(
-            Instant::now() < deadline,
-            "B does not verify within 20 s of the promotion"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ok_after_failover(deadline, "B does not verify", || {
+        b.get_auth("/verify", &after)
+    })
+    .await;
 
     // B serves from memory again, now tracking the new master: a logout written there, of a
     // session made after the failover and of one B cached before it, reaches B at once.
