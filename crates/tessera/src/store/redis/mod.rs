@@ -169,8 +169,9 @@ enum Connector {
 }
 
 impl Connector {
-    /// A client for the node sessions are written to: behind Sentinel, the current master (as
-    /// the sentinels say and the node confirms). Not defined for a Cluster.
+    /// A client for the node sessions are written to, which the store connects to and the
+    /// session cache tracks: behind Sentinel, the current master (as the sentinels say and the
+    /// node confirms). Not defined for a Cluster.
     async fn node(&self) -> redis::RedisResult<redis::Client> {
         match self {
             Self::Standalone(client) => Ok(client.clone()),
@@ -372,21 +373,13 @@ impl RedisStore {
             return Ok(());
         }
         let fresh = match &*self.connector {
-            Connector::Standalone(client) => {
-                ConnectionManager::new_with_config(client.clone(), manager_config(self.timeout))
-                    .await
-                    .map(Conn::Single)
-            }
             Connector::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
-            Connector::Sentinel(client) => {
-                let master = client.lock().await.async_get_client().await;
-                match master {
-                    Ok(m) => ConnectionManager::new_with_config(m, manager_config(self.timeout))
-                        .await
-                        .map(Conn::Single),
-                    Err(e) => Err(e),
-                }
-            }
+            single => match single.node().await {
+                Ok(node) => ConnectionManager::new_with_config(node, manager_config(self.timeout))
+                    .await
+                    .map(Conn::Single),
+                Err(e) => Err(e),
+            },
         }
         .map_err(unavailable)?;
         *self
