@@ -189,31 +189,42 @@ impl SessionCache {
     }
 }
 
-/// Keeps a tracking connection open for as long as the process runs, reconnecting after
-/// failures; the cache is bypassed while there is none.
+/// What the tracker checks at every heartbeat, besides that each connection answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Watch {
+    /// A standalone server: only that it answers.
+    Node,
+    /// Behind Sentinel: that the node is still the master (`ROLE`). A master demoted by a
+    /// failover keeps its connections open but no longer takes the writes, so tracking it would
+    /// hear of no logout.
+    Master,
+    /// A Cluster: that every tracked node is still a master, and that the cluster's masters
+    /// (`CLUSTER SLOTS`) are still the tracked ones. A failover, or a master added and given
+    /// slots, changes where sessions are written; the tracker then starts over on the new set.
+    Masters,
+}
+
+/// Keeps tracking connections open for as long as the process runs, one per node that
+/// sessions are written to, reconnecting after failures; the cache is bypassed while any of
+/// them is missing.
 ///
-/// `node` names the Redis the sessions are written to, asked anew at every connection: behind
-/// Sentinel that is whichever node is master now. With `follow_master` the heartbeat also asks
-/// the node its `ROLE`: a master demoted by a failover keeps its connections open but no longer
-/// takes the writes, so tracking it would hear of no logout; the tracker then lets go and
-/// follows the new master (meanwhile, like any gap in tracking, the cache is bypassed).
-pub fn spawn_tracker<F, Fut>(
-    cache: Arc<SessionCache>,
-    node: F,
-    follow_master: bool,
-    timeout: Duration,
-) where
+/// `nodes` names those nodes, asked anew at every connection: the one server; behind Sentinel
+/// whichever node is master now; on a Cluster, every master. `watch` says what each heartbeat
+/// checks; when the check fails the tracker lets go and asks `nodes` again (meanwhile, like any
+/// gap in tracking, the cache is bypassed).
+pub fn spawn_tracker<F, Fut>(cache: Arc<SessionCache>, nodes: F, watch: Watch, timeout: Duration)
+where
     F: Fn() -> Fut + Send + 'static,
-    Fut: Future<Output = redis::RedisResult<redis::Client>> + Send,
+    Fut: Future<Output = redis::RedisResult<Vec<redis::Client>>> + Send,
 {
     tokio::spawn(async move {
         loop {
             // Before asking where to connect: a move after this makes the answer suspect.
             let moves = cache.moves.load(Ordering::Acquire);
-            // Under a deadline: behind Sentinel, `node` holds the lock the store's own
+            // Under a deadline: behind Sentinel, `nodes` holds the lock the store's own
             // reconnection needs, and a sentinel that stops answering must not keep it.
-            let tracked = match tokio::time::timeout(timeout * 4, node()).await {
-                Ok(Ok(client)) => track(&cache, &client, moves, follow_master, timeout).await,
+            let tracked = match tokio::time::timeout(timeout * 4, nodes()).await {
+                Ok(Ok(clients)) => track(&cache, &clients, moves, watch, timeout).await,
                 Ok(Err(e)) => Err(e),
                 Err(_) => Err(redis::RedisError::from((
                     redis::ErrorKind::Io,
@@ -231,11 +242,67 @@ pub fn spawn_tracker<F, Fut>(
 
 async fn track(
     cache: &Arc<SessionCache>,
-    client: &redis::Client,
+    clients: &[redis::Client],
     moves: u64,
-    follow_master: bool,
+    watch: Watch,
     timeout: Duration,
 ) -> redis::RedisResult<()> {
+    if clients.is_empty() {
+        return Err(redis::RedisError::from((
+            redis::ErrorKind::Client,
+            "no node to track",
+        )));
+    }
+    let mut conns = Vec::with_capacity(clients.len());
+    for client in clients {
+        conns.push(tracking_connection(cache, client, timeout).await?);
+    }
+    let tracked: Vec<(String, u16)> = clients.iter().filter_map(host_and_port).collect();
+    if !still_right(&mut conns, &tracked, watch).await? {
+        return Ok(()); // the answer on where to track is already out of date: ask again
+    }
+    for conn in &mut conns {
+        redis::cmd("CLIENT")
+            .arg("TRACKING")
+            .arg("ON")
+            .arg("BCAST")
+            .arg("PREFIX")
+            .arg(&cache.user_prefix)
+            .exec_async(conn)
+            .await?;
+    }
+    let moved = || cache.moves.load(Ordering::Acquire) != moves;
+    if moved() {
+        return Ok(());
+    }
+    cache.set_tracking(true);
+    if moved() {
+        // The store moved between the check and the switch: `suspend` may have switched off
+        // before this switched on.
+        return Ok(());
+    }
+    tracing::info!(
+        nodes = conns.len(),
+        "session cache on: Redis reports every change of a session"
+    );
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        if !still_right(&mut conns, &tracked, watch).await? {
+            tracing::info!("session cache: the tracked Redis nodes no longer take the writes");
+            return Ok(());
+        }
+        if !cache.is_tracking() || moved() {
+            return Ok(()); // a disconnection was pushed, or the store moved, meanwhile
+        }
+    }
+}
+
+/// A RESP3 connection to `client`'s node whose invalidation pushes go to `cache`.
+async fn tracking_connection(
+    cache: &Arc<SessionCache>,
+    client: &redis::Client,
+    timeout: Duration,
+) -> redis::RedisResult<redis::aio::MultiplexedConnection> {
     let info = client.get_connection_info().clone();
     let redis_settings = info
         .redis_settings()
@@ -250,51 +317,98 @@ async fn track(
             sink.on_push(&push);
             Ok::<(), std::convert::Infallible>(())
         });
-    let mut conn = client
+    client
         .get_multiplexed_async_connection_with_config(&config)
-        .await?;
-    if follow_master && !is_master(&mut conn).await? {
-        return Ok(()); // the sentinels' answer is already out of date: ask again
-    }
-    redis::cmd("CLIENT")
-        .arg("TRACKING")
-        .arg("ON")
-        .arg("BCAST")
-        .arg("PREFIX")
-        .arg(&cache.user_prefix)
-        .exec_async(&mut conn)
-        .await?;
-    let moved = || cache.moves.load(Ordering::Acquire) != moves;
-    if moved() {
-        return Ok(());
-    }
-    cache.set_tracking(true);
-    if moved() {
-        // The store moved between the check and the switch: `suspend` may have switched off
-        // before this switched on.
-        return Ok(());
-    }
-    tracing::info!("session cache on: Redis reports every change of a session");
-    loop {
-        tokio::time::sleep(HEARTBEAT).await;
-        if follow_master {
-            if !is_master(&mut conn).await? {
-                tracing::info!("session cache: the tracked Redis is no longer the master");
-                return Ok(());
-            }
-        } else {
-            redis::cmd("PING").exec_async(&mut conn).await?;
-        }
-        if !cache.is_tracking() || moved() {
-            return Ok(()); // a disconnection was pushed, or the store moved, meanwhile
+        .await
+}
+
+/// The heartbeat's check (see [`Watch`]); an error when a node does not answer.
+async fn still_right(
+    conns: &mut [redis::aio::MultiplexedConnection],
+    tracked: &[(String, u16)],
+    watch: Watch,
+) -> redis::RedisResult<bool> {
+    for conn in conns.iter_mut() {
+        if watch == Watch::Node {
+            redis::cmd("PING").exec_async(conn).await?;
+        } else if !is_master(conn).await? {
+            return Ok(false);
         }
     }
+    if watch == Watch::Masters {
+        let mut tracked = tracked.to_vec();
+        tracked.sort();
+        let Some(first) = conns.first_mut() else {
+            return Ok(false);
+        };
+        return Ok(cluster_masters(first).await? == tracked);
+    }
+    Ok(true)
 }
 
 /// Whether the node behind `conn` says it is a master (`ROLE`).
 async fn is_master(conn: &mut redis::aio::MultiplexedConnection) -> redis::RedisResult<bool> {
     let role: redis::Role = redis::cmd("ROLE").query_async(conn).await?;
     Ok(matches!(role, redis::Role::Primary { .. }))
+}
+
+/// The masters of the cluster `conn` is a node of, as `(host, port)`, sorted: the first node
+/// of each slot range of `CLUSTER SLOTS`.
+pub async fn cluster_masters(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> redis::RedisResult<Vec<(String, u16)>> {
+    let ranges: Vec<Vec<Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
+    let mut masters = Vec::new();
+    for range in ranges {
+        // [first slot, last slot, [host, port, id, …] of the master, then its replicas]
+        let Some(master) = range.into_iter().nth(2) else {
+            continue;
+        };
+        let node: Vec<Value> = redis::from_redis_value(master)?;
+        if let [host, port, ..] = node.as_slice() {
+            let node = (
+                redis::from_redis_value_ref::<String>(host)?,
+                redis::from_redis_value_ref::<u16>(port)?,
+            );
+            if !masters.contains(&node) {
+                masters.push(node);
+            }
+        }
+    }
+    masters.sort();
+    Ok(masters)
+}
+
+/// A client for `host:port` with everything else (credentials, TLS, protocol) of `template`.
+pub fn client_at(
+    template: &redis::Client,
+    host: &str,
+    port: u16,
+) -> redis::RedisResult<redis::Client> {
+    use redis::ConnectionAddr;
+    let info = template.get_connection_info().clone();
+    let addr = match info.addr().clone() {
+        ConnectionAddr::TcpTls {
+            insecure,
+            tls_params,
+            ..
+        } => ConnectionAddr::TcpTls {
+            host: host.to_owned(),
+            port,
+            insecure,
+            tls_params,
+        },
+        _ => ConnectionAddr::Tcp(host.to_owned(), port),
+    };
+    redis::Client::open(info.set_addr(addr))
+}
+
+fn host_and_port(client: &redis::Client) -> Option<(String, u16)> {
+    match client.get_connection_info().addr() {
+        redis::ConnectionAddr::Tcp(host, port)
+        | redis::ConnectionAddr::TcpTls { host, port, .. } => Some((host.clone(), *port)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

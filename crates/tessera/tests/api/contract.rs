@@ -64,13 +64,13 @@ async fn session_side(backend: &str) -> (Stores, TempDir) {
                 profiles: Arc::new(MemoryProfileCache::new(100, Duration::from_secs(300))),
             }
         }
-        "redis" | "redis_with_session_cache" | "cluster" => {
-            let topo = if backend == "cluster" {
+        "redis" | "redis_with_session_cache" | "cluster" | "cluster_with_session_cache" => {
+            let topo = if backend.starts_with("cluster") {
                 Topology::parse(&servers::cluster().url()).unwrap()
             } else {
                 Topology::parse(&servers::redis().url()).unwrap()
             };
-            let cache_ttl = if backend == "redis_with_session_cache" {
+            let cache_ttl = if backend.ends_with("with_session_cache") {
                 Duration::from_secs(60)
             } else {
                 Duration::ZERO
@@ -427,6 +427,7 @@ session_contract!(embedded);
 session_contract!(redis);
 session_contract!(redis_with_session_cache);
 session_contract!(cluster);
+session_contract!(cluster_with_session_cache);
 
 /// A Redis store on a server of its own, for tests that count the server's commands.
 async fn private_redis(prefix: &str) -> (servers::RedisProcess, RedisStore) {

@@ -345,14 +345,25 @@ async fn login_after_failover(app: &TestApp, deadline: Instant) -> Value {
 /// Waits until `app` answers `access` from memory: 50 verifications in a row without a
 /// single `GET` on the Redis at `port`.
 async fn wait_until_served_from_memory(app: &TestApp, access: &str, port: u16) {
+    wait_until_served_from_memory_of(app, access, &[port]).await;
+}
+
+/// [`wait_until_served_from_memory`], with no `GET` on any of the Redis nodes at `ports`.
+async fn wait_until_served_from_memory_of(app: &TestApp, access: &str, ports: &[u16]) {
+    let gets = || -> u64 {
+        ports
+            .iter()
+            .map(|port| servers::redis_calls(*port, "get"))
+            .sum()
+    };
     let started = Instant::now();
     loop {
         assert_eq!(app.verify_status(access).await, StatusCode::OK);
-        let before = servers::redis_calls(port, "get");
+        let before = gets();
         for _ in 0..50 {
             assert_eq!(app.verify_status(access).await, StatusCode::OK);
         }
-        if servers::redis_calls(port, "get") == before {
+        if gets() == before {
             return;
         }
         assert!(
@@ -476,6 +487,73 @@ async fn behind_sentinel_the_session_cache_follows_the_master_through_a_failover
     a_logout_on_a_reaches_b(&a, &b, &before.access).await;
 }
 
+#[tokio::test]
+async fn on_redis_cluster_the_session_cache_serves_from_memory_and_hears_of_logouts_on_every_master()
+ {
+    let cluster = servers::cluster();
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let (a, b) = two_cached_instances(cluster.url()).await;
+    // Users spread over the cluster's slots, so their sessions live on every master.
+    let mut masters_seen = std::collections::BTreeSet::new();
+    for i in 0..6 {
+        let t = a.user_session(&format!("cache{i}")).await;
+        let before: Vec<u64> = ports
+            .iter()
+            .map(|p| servers::redis_calls(*p, "get"))
+            .collect();
+        assert_eq!(b.verify_status(&t.access).await, StatusCode::OK);
+        for (port, before) in ports.iter().zip(before) {
+            if servers::redis_calls(*port, "get") > before {
+                masters_seen.insert(*port);
+            }
+        }
+        wait_until_served_from_memory_of(&b, &t.access, &ports).await;
+        a_logout_on_a_reaches_b(&a, &b, &t.access).await;
+    }
+    assert!(
+        masters_seen.len() > 1,
+        "the sessions all lived on one master: {masters_seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn on_redis_cluster_a_tracker_that_misses_a_master_serves_nothing() {
+    use tessera::store::session_cache::{SessionCache, Watch, spawn_tracker};
+    let urls: Vec<String> = servers::cluster().nodes.iter().map(|n| n.url()).collect();
+    let tracking = |urls: Vec<String>| {
+        let cache = Arc::new(SessionCache::new("t", Duration::from_secs(60)));
+        let nodes = move || {
+            std::future::ready(
+                urls.iter()
+                    .map(|u| redis::Client::open(u.as_str()))
+                    .collect::<redis::RedisResult<Vec<_>>>(),
+            )
+        };
+        spawn_tracker(
+            Arc::clone(&cache),
+            nodes,
+            Watch::Masters,
+            Duration::from_millis(500),
+        );
+        cache
+    };
+    let every_master = tracking(urls.clone());
+    // An answer on where to track that is out of date: a master the cluster has is missing.
+    let two_of_three = tracking(urls[..2].to_vec());
+    wait_until_tracking(
+        &every_master,
+        Duration::from_secs(5),
+        "the masters are never tracked",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        !two_of_three.is_tracking(),
+        "a change on the untracked master would go unheard"
+    );
+    assert!(every_master.is_tracking());
+}
+
 /// Waits up to `limit` for `cache` to serve from memory (its tracking connection is up).
 async fn wait_until_tracking(
     cache: &tessera::store::session_cache::SessionCache,
@@ -491,7 +569,7 @@ async fn wait_until_tracking(
 
 #[tokio::test]
 async fn the_session_cache_serves_nothing_while_its_tracked_node_is_not_the_master() {
-    use tessera::store::session_cache::{SessionCache, spawn_tracker};
+    use tessera::store::session_cache::{SessionCache, Watch, spawn_tracker};
     let master = servers::RedisProcess::start(&[]);
     let replica =
         servers::RedisProcess::start(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
@@ -500,8 +578,13 @@ async fn the_session_cache_serves_nothing_while_its_tracked_node_is_not_the_mast
     let tracking = |url: String| {
         let cache = Arc::new(SessionCache::new("t", Duration::from_secs(60)));
         let client = redis::Client::open(url).unwrap();
-        let node = move || std::future::ready(Ok(client.clone()));
-        spawn_tracker(Arc::clone(&cache), node, true, Duration::from_millis(500));
+        let node = move || std::future::ready(Ok(vec![client.clone()]));
+        spawn_tracker(
+            Arc::clone(&cache),
+            node,
+            Watch::Master,
+            Duration::from_millis(500),
+        );
         cache
     };
     let on_master = tracking(master.url());
@@ -539,7 +622,7 @@ async fn when_the_store_moves_the_session_cache_follows_even_from_a_healthy_mast
     use tessera::domain::clock::Timestamp;
     use tessera::domain::session::{ActiveSession, SessionId};
     use tessera::domain::user::{Roles, UserId, Username};
-    use tessera::store::session_cache::{SessionCache, spawn_tracker};
+    use tessera::store::session_cache::{SessionCache, Watch, spawn_tracker};
     // Two masters (a split brain): the tracker is on the first, which stays healthy and a
     // master, so only the store's move can tell it to go.
     let first = servers::RedisProcess::start(&[]);
@@ -548,9 +631,16 @@ async fn when_the_store_moves_the_session_cache_follows_even_from_a_healthy_mast
     let cache = Arc::new(SessionCache::new("t", Duration::from_secs(60)));
     let node = {
         let target = Arc::clone(&target);
-        move || std::future::ready(redis::Client::open(target.lock().unwrap().clone()))
+        move || {
+            std::future::ready(redis::Client::open(target.lock().unwrap().clone()).map(|c| vec![c]))
+        }
     };
-    spawn_tracker(Arc::clone(&cache), node, true, Duration::from_millis(500));
+    spawn_tracker(
+        Arc::clone(&cache),
+        node,
+        Watch::Master,
+        Duration::from_millis(500),
+    );
     let five = Duration::from_secs(5);
     wait_until_tracking(&cache, five, "the first master is never tracked").await;
 
@@ -590,7 +680,7 @@ async fn when_the_store_moves_the_session_cache_follows_even_from_a_healthy_mast
 
 #[tokio::test]
 async fn a_silent_answer_on_where_to_track_is_given_up_and_asked_again() {
-    use tessera::store::session_cache::{SessionCache, spawn_tracker};
+    use tessera::store::session_cache::{SessionCache, Watch, spawn_tracker};
     let redis = servers::RedisProcess::start(&[]);
     let url = redis.url();
     let asked = Arc::new(std::sync::atomic::AtomicU32::new(0));
@@ -605,11 +695,16 @@ async fn a_silent_answer_on_where_to_track_is_given_up_and_asked_again() {
                 if first {
                     std::future::pending::<()>().await;
                 }
-                client
+                client.map(|c| vec![c])
             }
         }
     };
-    spawn_tracker(Arc::clone(&cache), node, true, Duration::from_millis(100));
+    spawn_tracker(
+        Arc::clone(&cache),
+        node,
+        Watch::Master,
+        Duration::from_millis(100),
+    );
     let waited = "the tracker still waits for the first answer";
     wait_until_tracking(&cache, Duration::from_secs(3), waited).await;
     assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 2);

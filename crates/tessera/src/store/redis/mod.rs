@@ -27,7 +27,7 @@ use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisError, RedisFuture, Script, Value};
 
-use super::session_cache::SessionCache;
+use super::session_cache::{SessionCache, Watch};
 use super::{
     CachedProfile, KeyStore, LimitStore, ProfileCache, RefreshPresentation, Rotation, SessionStore,
     StoreError,
@@ -163,24 +163,56 @@ impl ConnectionLike for Conn {
 /// How to (re)open a connection for the configured topology.
 enum Connector {
     Standalone(redis::Client),
-    Cluster(redis::cluster::ClusterClient),
+    /// The cluster's client, and one client per seed node (to ask the cluster its masters).
+    Cluster(redis::cluster::ClusterClient, Vec<redis::Client>),
     /// The sentinel client is stateful (it remembers which sentinel answered), hence the lock.
     Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
 }
 
 impl Connector {
-    /// A client for the node sessions are written to, which the store connects to and the
-    /// session cache tracks: behind Sentinel, the current master (as the sentinels say and the
-    /// node confirms). Not defined for a Cluster.
+    /// A client for the node sessions are written to, which the store connects to: behind
+    /// Sentinel, the current master (as the sentinels say and the node confirms). Not defined
+    /// for a Cluster.
     async fn node(&self) -> redis::RedisResult<redis::Client> {
         match self {
             Self::Standalone(client) => Ok(client.clone()),
             Self::Sentinel(client) => client.lock().await.async_get_client().await,
-            Self::Cluster(_) => Err(RedisError::from((
+            Self::Cluster(..) => Err(RedisError::from((
                 redis::ErrorKind::Client,
-                "a cluster has no single node to track",
+                "a cluster has no single node",
             ))),
         }
+    }
+
+    /// Clients for every node sessions are written to, which the session cache tracks: the
+    /// [`node`](Self::node), or every master of a Cluster (as the first seed that answers
+    /// says).
+    async fn nodes(&self, timeout: Duration) -> redis::RedisResult<Vec<redis::Client>> {
+        let Self::Cluster(_, seeds) = self else {
+            return Ok(vec![self.node().await?]);
+        };
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let mut last = RedisError::from((redis::ErrorKind::Client, "no seed node"));
+        for seed in seeds {
+            let asked = async {
+                let mut conn = seed
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                super::session_cache::cluster_masters(&mut conn).await
+            };
+            match asked.await {
+                Ok(masters) => {
+                    return masters
+                        .iter()
+                        .map(|(host, port)| super::session_cache::client_at(seed, host, *port))
+                        .collect();
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 }
 
@@ -201,7 +233,7 @@ pub struct RedisStore {
     prefix: Arc<str>,
     timeout: Duration,
     scripts: Arc<Scripts>,
-    /// Session records served from memory (`session_cache_ttl`); not on a Cluster.
+    /// Session records served from memory (`session_cache_ttl`).
     cache: Option<Arc<SessionCache>>,
 }
 
@@ -253,6 +285,10 @@ impl RedisStore {
                     .connection_timeout(timeout.max(Duration::from_millis(250)))
                     .response_timeout(timeout.max(Duration::from_millis(250)))
                     .build()?,
+                nodes
+                    .iter()
+                    .map(|n| redis::Client::open(n.as_str()))
+                    .collect::<Result<_, _>>()?,
             ),
             Topology::Sentinel {
                 sentinels,
@@ -277,33 +313,23 @@ impl RedisStore {
             }
         };
         let connector = Arc::new(connector);
-        let cache = match (&*connector, session_cache_ttl.is_zero()) {
-            (_, true) => None,
-            (Connector::Cluster(_), false) => {
-                tracing::warn!(
-                    "session_cache_ttl is ignored: the session cache is not available on a Redis Cluster"
-                );
-                None
-            }
-            (Connector::Standalone(_) | Connector::Sentinel(_), false) => {
-                let cache = Arc::new(SessionCache::new(prefix, session_cache_ttl));
-                let follow_master = matches!(*connector, Connector::Sentinel(_));
-                let node = {
+        let cache = (!session_cache_ttl.is_zero()).then(|| {
+            let cache = Arc::new(SessionCache::new(prefix, session_cache_ttl));
+            let watch = match *connector {
+                Connector::Standalone(_) => Watch::Node,
+                Connector::Sentinel(_) => Watch::Master,
+                Connector::Cluster(..) => Watch::Masters,
+            };
+            let nodes = {
+                let connector = Arc::clone(&connector);
+                move || {
                     let connector = Arc::clone(&connector);
-                    move || {
-                        let connector = Arc::clone(&connector);
-                        async move { connector.node().await }
-                    }
-                };
-                super::session_cache::spawn_tracker(
-                    Arc::clone(&cache),
-                    node,
-                    follow_master,
-                    timeout,
-                );
-                Some(cache)
-            }
-        };
+                    async move { connector.nodes(timeout).await }
+                }
+            };
+            super::session_cache::spawn_tracker(Arc::clone(&cache), nodes, watch, timeout);
+            cache
+        });
         let store = Self {
             cache,
             conn: Arc::new(std::sync::RwLock::new(None)),
@@ -373,7 +399,7 @@ impl RedisStore {
             return Ok(());
         }
         let fresh = match &*self.connector {
-            Connector::Cluster(client) => client.get_async_connection().await.map(Conn::Cluster),
+            Connector::Cluster(client, _) => client.get_async_connection().await.map(Conn::Cluster),
             single => match single.node().await {
                 Ok(node) => ConnectionManager::new_with_config(node, manager_config(self.timeout))
                     .await
