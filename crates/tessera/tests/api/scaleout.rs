@@ -518,28 +518,11 @@ async fn on_redis_cluster_the_session_cache_serves_from_memory_and_hears_of_logo
 
 #[tokio::test]
 async fn on_redis_cluster_a_tracker_that_misses_a_master_serves_nothing() {
-    use tessera::store::session_cache::{SessionCache, Watch, spawn_tracker};
+    use tessera::store::session_cache::Watch;
     let urls: Vec<String> = servers::cluster().nodes.iter().map(|n| n.url()).collect();
-    let tracking = |urls: Vec<String>| {
-        let cache = Arc::new(SessionCache::new("t", Duration::from_secs(60)));
-        let nodes = move || {
-            std::future::ready(
-                urls.iter()
-                    .map(|u| redis::Client::open(u.as_str()))
-                    .collect::<redis::RedisResult<Vec<_>>>(),
-            )
-        };
-        spawn_tracker(
-            Arc::clone(&cache),
-            nodes,
-            Watch::Masters,
-            Duration::from_millis(500),
-        );
-        cache
-    };
-    let every_master = tracking(urls.clone());
+    let every_master = tracker_on(urls.clone(), Watch::Masters);
     // An answer on where to track that is out of date: a master the cluster has is missing.
-    let two_of_three = tracking(urls[..2].to_vec());
+    let two_of_three = tracker_on(urls[..2].to_vec(), Watch::Masters);
     wait_until_tracking(
         &every_master,
         Duration::from_secs(5),
@@ -552,6 +535,25 @@ async fn on_redis_cluster_a_tracker_that_misses_a_master_serves_nothing() {
         "a change on the untracked master would go unheard"
     );
     assert!(every_master.is_tracking());
+}
+
+/// A session cache whose tracker is always told to track the nodes at `urls`, whatever they
+/// are now: what an out-of-date answer on where to track gives.
+fn tracker_on(
+    urls: Vec<String>,
+    watch: tessera::store::session_cache::Watch,
+) -> Arc<tessera::store::session_cache::SessionCache> {
+    use tessera::store::session_cache::{SessionCache, spawn_tracker};
+    let cache = Arc::new(SessionCache::new("t", Duration::from_secs(60)));
+    let nodes = move || {
+        std::future::ready(
+            urls.iter()
+                .map(|u| redis::Client::open(u.as_str()))
+                .collect::<redis::RedisResult<Vec<_>>>(),
+        )
+    };
+    spawn_tracker(Arc::clone(&cache), nodes, watch, Duration::from_millis(500));
+    cache
 }
 
 /// Waits up to `limit` for `cache` to serve from memory (its tracking connection is up).
@@ -569,26 +571,14 @@ async fn wait_until_tracking(
 
 #[tokio::test]
 async fn the_session_cache_serves_nothing_while_its_tracked_node_is_not_the_master() {
-    use tessera::store::session_cache::{SessionCache, Watch, spawn_tracker};
+    use tessera::store::session_cache::Watch;
     let master = servers::RedisProcess::start(&[]);
     let replica =
         servers::RedisProcess::start(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
     // A tracker told to follow the master, on a fixed node: what a sentinel's answer gives
     // when it is out of date.
-    let tracking = |url: String| {
-        let cache = Arc::new(SessionCache::new("t", Duration::from_secs(60)));
-        let client = redis::Client::open(url).unwrap();
-        let node = move || std::future::ready(Ok(vec![client.clone()]));
-        spawn_tracker(
-            Arc::clone(&cache),
-            node,
-            Watch::Master,
-            Duration::from_millis(500),
-        );
-        cache
-    };
-    let on_master = tracking(master.url());
-    let on_replica = tracking(replica.url());
+    let on_master = tracker_on(vec![master.url()], Watch::Master);
+    let on_replica = tracker_on(vec![replica.url()], Watch::Master);
     wait_until_tracking(
         &on_master,
         Duration::from_secs(5),
