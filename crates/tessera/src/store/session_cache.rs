@@ -354,7 +354,7 @@ async fn is_master(conn: &mut redis::aio::MultiplexedConnection) -> redis::Redis
 
 /// The masters of the cluster `conn` is a node of, as `(host, port)`, sorted: the first node
 /// of each slot range of `CLUSTER SLOTS`.
-pub async fn cluster_masters(
+pub(crate) async fn cluster_masters(
     conn: &mut redis::aio::MultiplexedConnection,
 ) -> redis::RedisResult<Vec<(String, u16)>> {
     let ranges: Vec<Vec<Value>> = redis::cmd("CLUSTER").arg("SLOTS").query_async(conn).await?;
@@ -380,7 +380,7 @@ pub async fn cluster_masters(
 }
 
 /// A client for `host:port` with everything else (credentials, TLS, protocol) of `template`.
-pub fn client_at(
+pub(crate) fn client_at(
     template: &redis::Client,
     host: &str,
     port: u16,
