@@ -257,7 +257,8 @@ async fn track(
     for client in clients {
         conns.push(tracking_connection(cache, client, timeout).await?);
     }
-    let tracked: Vec<(String, u16)> = clients.iter().filter_map(host_and_port).collect();
+    let mut tracked: Vec<(String, u16)> = clients.iter().filter_map(host_and_port).collect();
+    tracked.sort(); // as `cluster_masters` answers
     if !still_right(&mut conns, &tracked, watch).await? {
         return Ok(()); // the answer on where to track is already out of date: ask again
     }
@@ -322,7 +323,8 @@ async fn tracking_connection(
         .await
 }
 
-/// The heartbeat's check (see [`Watch`]); an error when a node does not answer.
+/// The heartbeat's check (see [`Watch`]), `tracked` being the tracked nodes, sorted; an error
+/// when a node does not answer.
 async fn still_right(
     conns: &mut [redis::aio::MultiplexedConnection],
     tracked: &[(String, u16)],
@@ -336,8 +338,6 @@ async fn still_right(
         }
     }
     if watch == Watch::Masters {
-        let mut tracked = tracked.to_vec();
-        tracked.sort();
         let Some(first) = conns.first_mut() else {
             return Ok(false);
         };
