@@ -138,8 +138,8 @@ fn redact(url: &str) -> String {
 /// CLI command, so both see the same data.
 pub async fn open_service(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Auth>> {
     let stores = open_stores(settings).await?;
-    let cores = std::thread::available_parallelism().map_or(2, usize::from);
-    let hasher = PasswordHasher::new(PasswordHasher::owasp_params(), cores, HASH_QUEUE)?;
+    let threads = settings.password_hash_threads();
+    let hasher = PasswordHasher::new(PasswordHasher::owasp_params(), threads, HASH_QUEUE)?;
     Ok(Arc::new(
         Auth::new(stores, hasher, clock, policy(settings)).await?,
     ))

@@ -87,6 +87,12 @@ pub struct Settings {
     /// fails silently. See the README's "Session cache".
     #[serde(default, deserialize_with = "duration")]
     pub session_cache_ttl: Duration,
+    /// Password hashes (argon2id) computed at once; `0`, the default, means one per core, for
+    /// the most logins per second. Fewer leave cores to verification while logins pour in (a
+    /// lower verify p99 during a login burst, at fewer logins per second; see the README's
+    /// Performance section). Each busy thread holds 19 MiB.
+    #[serde(default)]
+    pub password_hash_threads: u16,
     /// Accepted clock skew on `exp`/`iat`.
     #[serde(default, deserialize_with = "duration")]
     pub jwt_leeway: Duration,
@@ -199,6 +205,7 @@ const KEYS: &[&str] = &[
     "max_body_bytes",
     "store_timeout",
     "session_cache_ttl",
+    "password_hash_threads",
     "jwt_leeway",
     "audience",
     "shutdown_grace",
@@ -207,6 +214,10 @@ const KEYS: &[&str] = &[
     "log_format",
     "admin_password",
 ];
+
+/// The most password hashing threads: more than any machine has cores, and few enough that a
+/// typo cannot start thousands of threads.
+const MAX_HASH_THREADS: u16 = 256;
 
 /// The longest duration any setting takes (100 years): longer ones are surely typos, and would
 /// overflow timestamps and the caches' expiry arithmetic (moka panics past 1,000 years).
@@ -386,6 +397,10 @@ pub struct SettingsArgs {
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_cache_ttl: Option<String>,
+    /// Password hashes computed at once [default: 0 = one per core].
+    #[arg(long, global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub password_hash_threads: Option<u16>,
     /// Clock skew accepted on exp/iat [default: 0s].
     #[arg(long, global = true)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -514,6 +529,12 @@ impl Settings {
         if self.store_timeout.is_zero() {
             return bad("store_timeout", "must be positive");
         }
+        if self.password_hash_threads > MAX_HASH_THREADS {
+            return bad(
+                "password_hash_threads",
+                &format!("must be at most {MAX_HASH_THREADS} (0 = one per core)"),
+            );
+        }
         if self.max_body_bytes < 1024 {
             return bad("max_body_bytes", "must be at least 1024");
         }
@@ -551,6 +572,14 @@ impl Settings {
             );
         }
         Ok(())
+    }
+
+    /// Password hashing threads: `password_hash_threads`, or one per core when it is 0.
+    pub fn password_hash_threads(&self) -> usize {
+        match self.password_hash_threads {
+            0 => std::thread::available_parallelism().map_or(2, usize::from),
+            n => usize::from(n),
+        }
     }
 
     /// `public_url` without a trailing slash: the JWT issuer.
@@ -641,6 +670,8 @@ mod tests {
         assert_eq!(s.max_sessions_per_user, 10);
         assert_eq!(s.signing_alg, SigningAlg::EdDSA);
         assert_eq!(s.store_timeout, Duration::from_millis(500));
+        assert_eq!(s.password_hash_threads, 0);
+        assert!(s.password_hash_threads() >= 1);
         assert_eq!(s.issuer(), "http://127.0.0.1:8080");
         assert!(s.database_url().ends_with("tessera-data/tessera.db"));
     }
@@ -686,5 +717,25 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(e.contains("max_sessions_per_user"), "{e}");
+    }
+
+    #[test]
+    fn password_hash_threads_default_to_one_per_core_and_are_bounded() {
+        let load = |v: &str| {
+            Settings::load(
+                &SettingsArgs::default(),
+                env(&[("TESSERA_PASSWORD_HASH_THREADS", v)]),
+            )
+            .map_err(|e| e.to_string())
+        };
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let threads = |v| load(v).map(|s| s.password_hash_threads());
+        assert_eq!(threads("0"), Ok(cores));
+        assert_eq!(threads("1"), Ok(1));
+        assert_eq!(threads("256"), Ok(256));
+        for bad in ["257", "70000", "-1", "many"] {
+            let e = load(bad).err().unwrap_or_default();
+            assert!(e.contains("password_hash_threads"), "{bad}: {e}");
+        }
     }
 }
