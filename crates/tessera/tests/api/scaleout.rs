@@ -513,6 +513,118 @@ async fn on_redis_cluster_the_session_cache_serves_from_memory_and_hears_of_logo
     );
 }
 
+/// A manual failover (`CLUSTER FAILOVER` on a replica, as an operator does before maintenance):
+/// the demoted master stays up as a replica of the new one.
+#[tokio::test]
+async fn on_redis_cluster_the_session_cache_follows_a_manual_failover() {
+    let mut cluster = servers::RedisCluster::start_with_replicas(1);
+    cluster_failover(&mut cluster, |cluster, _master, replica| {
+        let answer = servers::redis_cli(cluster.nodes[replica].port, &["cluster", "failover"]);
+        assert_eq!(answer.map(|r| r.trim().to_owned()), Some("OK".to_owned()));
+    })
+    .await;
+}
+
+/// A master that dies: its replica is elected in its place.
+#[tokio::test]
+async fn on_redis_cluster_the_session_cache_follows_a_failover_after_a_master_dies() {
+    let mut cluster = servers::RedisCluster::start_with_replicas(1);
+    cluster_failover(&mut cluster, |cluster, master, _replica| {
+        cluster.nodes[master].kill();
+    })
+    .await;
+}
+
+/// Two instances with the session cache on `cluster`; `fail_over(cluster, master, replica)`
+/// (node indexes) replaces the master holding the admin's sessions by its replica. Then a
+/// logout written to the new master reaches the other instance, for a session cached before
+/// the failover and for one made after it, and a logout written before it was not lost.
+async fn cluster_failover(
+    cluster: &mut servers::RedisCluster,
+    fail_over: impl FnOnce(&mut servers::RedisCluster, usize, usize),
+) {
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let (a, b) = two_cached_instances(cluster.url()).await;
+    let before = a.login("admin", ADMIN_PASSWORD).await;
+    let gone = a.login("admin", ADMIN_PASSWORD).await;
+    wait_until_served_from_memory(&b, &before.access, &ports).await;
+    wait_until_served_from_memory(&b, &gone.access, &ports).await;
+    a_logout_on_a_reaches_b(&a, &b, &gone.access).await;
+
+    // The master holding the admin's sessions, and its replica.
+    let user = b.get_auth("/verify", &before.access).await.headers()["x-auth-user-id"]
+        .to_str()
+        .unwrap()
+        .replace('-', "");
+    let sessions = format!("*{{u:{user}}}:s:*");
+    let master = cluster
+        .master_ports()
+        .into_iter()
+        .find(|port| {
+            servers::redis_cli(*port, &["--scan", "--pattern", &sessions])
+                .is_some_and(|keys| !keys.trim().is_empty())
+        })
+        .expect("a master holds the sessions");
+    // The replica's port and offset, and the master's offset (`INFO replication`).
+    let replication = || {
+        let info = servers::redis_cli(master, &["info", "replication"]).unwrap_or_default();
+        let field = |line: &str, name: &str| -> Option<u64> {
+            line.split(',')
+                .find_map(|f| f.strip_prefix(name))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        let replica = info.lines().find_map(|l| l.strip_prefix("slave0:"));
+        let port = replica.and_then(|l| field(l, "port="));
+        let acked = replica.and_then(|l| field(l, "offset="));
+        let offset = info.lines().find_map(|l| field(l, "master_repl_offset:"));
+        (port, acked, offset)
+    };
+    let replica = replication()
+        .0
+        .and_then(|p| u16::try_from(p).ok())
+        .expect("the master has a replica");
+    // Its copy is complete before the master goes (a failover may lose unreplicated writes).
+    let synced = Instant::now();
+    while let (_, acked, offset) = replication()
+        && (acked.is_none() || acked != offset)
+    {
+        assert!(synced.elapsed() < Duration::from_secs(10), "no replication");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let index = |port: u16| ports.iter().position(|p| *p == port).unwrap();
+    fail_over(cluster, index(master), index(replica));
+    let started = Instant::now();
+    while !servers::redis_cli(replica, &["role"]).is_some_and(|r| r.starts_with("master")) {
+        assert!(started.elapsed() < Duration::from_secs(20), "no promotion");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = login_after_failover(&a, deadline).await;
+    let after = after["access_token"].as_str().unwrap().to_owned();
+    ok_after_failover(deadline, "B does not verify", || {
+        b.get_auth("/verify", &after)
+    })
+    .await;
+    // Past the tracker's heartbeat (0.5 s) and store timeout (0.5 s): a tracker still on the
+    // old masters has been found out by now, so memory served from here on is memory the new
+    // master's invalidations reach, or the logouts below would go unheard.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_until_served_from_memory(&b, &after, &ports).await;
+    a_logout_on_a_reaches_b(&a, &b, &after).await;
+    wait_until_served_from_memory(&b, &before.access, &ports).await;
+    a_logout_on_a_reaches_b(&a, &b, &before.access).await;
+    // The logout written before the failover was not lost with the old master.
+    assert_eq!(
+        b.verify_status(&gone.access).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        a.verify_status(&gone.access).await,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
 #[tokio::test]
 async fn on_redis_cluster_a_tracker_that_misses_a_master_serves_nothing() {
     use tessera::store::session_cache::Watch;

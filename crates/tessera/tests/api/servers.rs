@@ -151,10 +151,23 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
+    /// Three masters.
     pub fn start() -> Self {
-        let nodes: Vec<RedisProcess> = (0..3)
+        Self::start_with_replicas(0)
+    }
+
+    /// Three masters with `replicas` replicas each.
+    pub fn start_with_replicas(replicas: usize) -> Self {
+        let nodes: Vec<RedisProcess> = (0..3 * (1 + replicas))
             .map(|_| {
-                RedisProcess::start(&["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                RedisProcess::start(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ])
             })
             .collect();
         let addrs: Vec<String> = nodes
@@ -164,7 +177,7 @@ impl RedisCluster {
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli runs");
         assert!(
@@ -180,6 +193,15 @@ impl RedisCluster {
             });
         }
         Self { nodes }
+    }
+
+    /// The ports of the nodes that are masters now.
+    pub fn master_ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .map(|n| n.port)
+            .filter(|port| redis_cli(*port, &["role"]).is_some_and(|r| r.starts_with("master")))
+            .collect()
     }
 
     /// `redis_url` for the cluster.
