@@ -342,6 +342,19 @@ async fn login_after_failover(app: &TestApp, deadline: Instant) -> Value {
     .unwrap()
 }
 
+/// The access token of a session made on `a` after a failover, once `b` verifies it (both
+/// within 20 s).
+async fn a_session_after_failover(a: &TestApp, b: &TestApp) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = login_after_failover(a, deadline).await;
+    let after = after["access_token"].as_str().unwrap().to_owned();
+    ok_after_failover(deadline, "B does not verify", || {
+        b.get_auth("/verify", &after)
+    })
+    .await;
+    after
+}
+
 /// Waits until `app` answers `access` from memory: 50 verifications in a row without a
 /// single `GET` on any of the Redis nodes at `ports`.
 async fn wait_until_served_from_memory(app: &TestApp, access: &str, ports: &[u16]) {
@@ -466,13 +479,7 @@ async fn behind_sentinel_the_session_cache_follows_the_master_through_a_failover
     topo.wait_for_replication();
     topo.master.kill();
     topo.wait_for_promotion();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let after = login_after_failover(&a, deadline).await;
-    let after = after["access_token"].as_str().unwrap().to_owned();
-    ok_after_failover(deadline, "B does not verify", || {
-        b.get_auth("/verify", &after)
-    })
-    .await;
+    let after = a_session_after_failover(&a, &b).await;
 
     // B serves from memory again, now tracking the new master: a logout written there, of a
     // session made after the failover and of one B cached before it, reaches B at once.
@@ -599,13 +606,7 @@ async fn cluster_failover(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let after = login_after_failover(&a, deadline).await;
-    let after = after["access_token"].as_str().unwrap().to_owned();
-    ok_after_failover(deadline, "B does not verify", || {
-        b.get_auth("/verify", &after)
-    })
-    .await;
+    let after = a_session_after_failover(&a, &b).await;
     // Past the tracker's heartbeat (0.5 s) and store timeout (0.5 s): a tracker still on the
     // old masters has been found out by now, so memory served from here on is memory the new
     // master's invalidations reach, or the logouts below would go unheard.
