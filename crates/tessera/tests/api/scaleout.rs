@@ -717,6 +717,48 @@ async fn the_session_cache_serves_nothing_while_its_tracked_node_is_not_the_mast
     );
 }
 
+/// A split brain behind Sentinel, end to end: the sentinels name a new master while the old
+/// one stays up, a master, and reachable. An instance whose store then moves to the new master
+/// (after an error on its connection) stops serving what it read from the old one, though its
+/// tracking connection there is healthy: a logout written to the new master reaches it.
+#[tokio::test]
+async fn behind_sentinel_a_store_moving_to_another_master_takes_the_session_cache_along() {
+    let topo = servers::RedisSentinel::start();
+    let (a, b) = two_cached_instances(topo.url()).await;
+    let kept = a.login("admin", ADMIN_PASSWORD).await;
+    wait_until_served_from_memory(&b, &kept.access, &[topo.master.port]).await;
+    topo.wait_for_replication();
+
+    // The replica becomes a second master, and the sentinel names it; the old master goes on.
+    let (old, new) = (topo.master.port, topo.replica.port.to_string());
+    let sentinel = |args: &[&str]| {
+        let answer = servers::redis_cli(topo.sentinel.port, args).unwrap_or_default();
+        assert_eq!(answer.trim(), "OK", "sentinel {args:?}");
+    };
+    assert!(servers::redis_cli(topo.replica.port, &["replicaof", "no", "one"]).is_some());
+    sentinel(&["sentinel", "remove", "mymaster"]);
+    sentinel(&["sentinel", "monitor", "mymaster", "127.0.0.1", &new, "1"]);
+    // The stores' connections to the old master break; the tracking connections (flag `t`) do
+    // not, and their heartbeat finds a healthy master there.
+    let clients = servers::redis_cli(old, &["client", "list"]).unwrap_or_default();
+    for client in clients.lines() {
+        let field = |name: &str| {
+            client
+                .split(' ')
+                .find_map(|f| f.strip_prefix(name))
+                .unwrap_or_default()
+        };
+        if !field("flags=").contains('t') && !field("cmd=").starts_with("client") {
+            servers::redis_cli(old, &["client", "kill", "id", field("id=")]);
+        }
+    }
+    // The next store call of each instance fails over: A's login, B's read of a session it
+    // does not hold.
+    let _after = a_session_after_failover(&a, &b).await;
+    // B read `kept` from the old master; the logout goes to the new one.
+    a_logout_on_a_reaches_b(&a, &b, &kept.access).await;
+}
+
 #[tokio::test]
 async fn when_the_store_moves_the_session_cache_follows_even_from_a_healthy_master() {
     use tessera::domain::clock::Timestamp;
