@@ -237,7 +237,14 @@ impl PasswordHasher {
                             rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
                         };
                         match next {
-                            Ok(job) => job(&mut memory),
+                            Ok(job) => {
+                                // A panic fails its one job (its caller sees the answer
+                                // dropped), not the thread: the pool keeps its size.
+                                let run = std::panic::AssertUnwindSafe(|| job(&mut memory));
+                                if std::panic::catch_unwind(run).is_err() && memory.is_held() {
+                                    memory.release();
+                                }
+                            }
                             Err(RecvTimeoutError::Timeout) => memory.release(),
                             Err(RecvTimeoutError::Disconnected) => return, // the hasher was dropped
                         }
@@ -581,6 +588,30 @@ mod tests {
         }
         assert_eq!(holding(), 0, "the memory is still held after {keep:?} idle");
         assert!(started.elapsed() >= keep / 2);
+    }
+
+    #[tokio::test]
+    async fn a_job_that_panics_fails_alone_and_its_thread_goes_on_hashing() {
+        let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
+        let h = PasswordHasher::new(params, 1, 8).unwrap_or_else(|_| unreachable!());
+        assert!(h.hash("a fine secret".into()).await.is_ok());
+        let boom = h
+            .run(|_: &mut Memory| -> () { panic!("a bug in a hashing job") })
+            .await;
+        assert!(matches!(boom, Err(HashError::Internal(_))), "{boom:?}");
+        // The caller hears of the failure as the panic unwinds, just before the thread lets go.
+        let started = std::time::Instant::now();
+        while h.threads_holding_memory() > 0 && started.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            h.threads_holding_memory(),
+            0,
+            "the memory of a failed job is let go"
+        );
+        // The one thread is still there.
+        assert!(h.hash("a fine secret".into()).await.is_ok());
+        assert_eq!(h.threads_holding_memory(), 1);
     }
 
     #[tokio::test]
