@@ -168,6 +168,15 @@ impl Memory {
     }
 }
 
+/// Wiped when its thread ends too (the hasher dropped).
+impl Drop for Memory {
+    fn drop(&mut self) {
+        if self.is_held() {
+            self.release();
+        }
+    }
+}
+
 struct Inner {
     params: Params,
     jobs: crossbeam_channel::Sender<Job>,
@@ -612,6 +621,21 @@ mod tests {
         // The one thread is still there.
         assert!(h.hash("a fine secret".into()).await.is_ok());
         assert_eq!(h.threads_holding_memory(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_hasher_wipes_and_frees_its_threads_memory() {
+        let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
+        let h = PasswordHasher::new(params, 1, 8).unwrap_or_else(|_| unreachable!());
+        assert!(h.hash("a fine secret".into()).await.is_ok());
+        let holding = Arc::clone(&h.inner.holding);
+        assert_eq!(holding.load(Ordering::Relaxed), 1);
+        drop(h);
+        let started = std::time::Instant::now();
+        while holding.load(Ordering::Relaxed) > 0 && started.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(holding.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
