@@ -584,7 +584,7 @@ mod tests {
     #[tokio::test]
     async fn a_hashing_thread_keeps_its_memory_between_jobs_and_frees_it_once_they_stop() {
         let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
-        let keep = Duration::from_secs(1);
+        let keep = Duration::from_secs(3);
         let h = PasswordHasher::keeping_memory_for(params, 2, 8, keep)
             .unwrap_or_else(|_| unreachable!());
         let holding = || h.threads_holding_memory();
@@ -602,7 +602,10 @@ mod tests {
     #[tokio::test]
     async fn a_job_that_panics_fails_alone_and_its_thread_goes_on_hashing() {
         let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
-        let h = PasswordHasher::new(params, 1, 8).unwrap_or_else(|_| unreachable!());
+        // Memory kept long enough that no stall of a busy test machine lets it go by itself.
+        let keep = Duration::from_secs(600);
+        let h = PasswordHasher::keeping_memory_for(params, 1, 8, keep)
+            .unwrap_or_else(|_| unreachable!());
         assert!(h.hash("a fine secret".into()).await.is_ok());
         let boom = h
             .run(|_: &mut Memory| -> () { panic!("a bug in a hashing job") })
@@ -626,7 +629,9 @@ mod tests {
     #[tokio::test]
     async fn a_dropped_hasher_wipes_and_frees_its_threads_memory() {
         let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
-        let h = PasswordHasher::new(params, 1, 8).unwrap_or_else(|_| unreachable!());
+        let keep = Duration::from_secs(600);
+        let h = PasswordHasher::keeping_memory_for(params, 1, 8, keep)
+            .unwrap_or_else(|_| unreachable!());
         assert!(h.hash("a fine secret".into()).await.is_ok());
         let holding = Arc::clone(&h.inner.holding);
         assert_eq!(holding.load(Ordering::Relaxed), 1);
