@@ -478,8 +478,15 @@ mod tests {
     }
 
     fn cheap() -> PasswordHasher {
+        cheap_on(2, KEEP_MEMORY_FOR)
+    }
+
+    /// A hasher with 1 MiB argon2 parameters on `threads` threads, each keeping its memory
+    /// for `keep` after a job.
+    fn cheap_on(threads: usize, keep: Duration) -> PasswordHasher {
         let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
-        PasswordHasher::new(params, 2, 8).unwrap_or_else(|_| unreachable!())
+        PasswordHasher::keeping_memory_for(params, threads, 8, keep)
+            .unwrap_or_else(|_| unreachable!())
     }
 
     #[tokio::test]
@@ -538,8 +545,7 @@ mod tests {
     #[tokio::test]
     async fn hashes_on_reused_memory_are_the_argon2_crates_own() {
         use argon2::password_hash::PasswordVerifier as _;
-        let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
-        let h = PasswordHasher::new(params, 1, 8).unwrap_or_else(|_| unreachable!());
+        let h = cheap_on(1, KEEP_MEMORY_FOR);
         for _ in 0..3 {
             let ours = h.hash("a fine secret".into()).await.unwrap_or_default();
             let parsed = PasswordHash::new(&ours).unwrap_or_else(|e| panic!("{ours}: {e}"));
@@ -583,10 +589,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_hashing_thread_keeps_its_memory_between_jobs_and_frees_it_once_they_stop() {
-        let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
         let keep = Duration::from_secs(3);
-        let h = PasswordHasher::keeping_memory_for(params, 2, 8, keep)
-            .unwrap_or_else(|_| unreachable!());
+        let h = cheap_on(2, keep);
         let holding = || h.threads_holding_memory();
         assert_eq!(holding(), 0);
         assert!(h.hash("a fine secret".into()).await.is_ok());
@@ -601,11 +605,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_job_that_panics_fails_alone_and_its_thread_goes_on_hashing() {
-        let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
         // Memory kept long enough that no stall of a busy test machine lets it go by itself.
-        let keep = Duration::from_secs(600);
-        let h = PasswordHasher::keeping_memory_for(params, 1, 8, keep)
-            .unwrap_or_else(|_| unreachable!());
+        let h = cheap_on(1, Duration::from_secs(600));
         assert!(h.hash("a fine secret".into()).await.is_ok());
         let boom = h
             .run(|_: &mut Memory| -> () { panic!("a bug in a hashing job") })
@@ -628,10 +629,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_dropped_hasher_wipes_and_frees_its_threads_memory() {
-        let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
-        let keep = Duration::from_secs(600);
-        let h = PasswordHasher::keeping_memory_for(params, 1, 8, keep)
-            .unwrap_or_else(|_| unreachable!());
+        let h = cheap_on(1, Duration::from_secs(600));
         assert!(h.hash("a fine secret".into()).await.is_ok());
         let holding = Arc::clone(&h.inner.holding);
         assert_eq!(holding.load(Ordering::Relaxed), 1);
