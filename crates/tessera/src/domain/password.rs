@@ -341,16 +341,46 @@ impl PasswordHasher {
     }
 }
 
-/// Whether `hash` is a format [`PasswordHasher::verify`] understands: bcrypt with a valid cost,
-/// or an argon2 PHC string.
+/// The costliest imported bcrypt hash: cost 16 takes seconds per check here (each step doubles).
+const MAX_BCRYPT_COST: u32 = 16;
+/// The costliest imported argon2 hash: 256 MiB (in KiB) and 32 passes, seconds per check at
+/// most. A stored hash is checked on a hashing thread at every login of its user, and a cost
+/// without a bound (bcrypt 31, or m = 4 TiB) would hold that thread for days or ask for the
+/// memory of a whole machine.
+const MAX_ARGON2_M_KIB: u32 = 256 * 1024;
+const MAX_ARGON2_T: u32 = 32;
+
+/// Whether `hash` is one [`PasswordHasher::verify`] can check, at a bounded cost: bcrypt with
+/// a cost from 4 to [`MAX_BCRYPT_COST`], or an argon2 PHC string with a salt, a hash, a known
+/// variant and version, and parameters within [`MAX_ARGON2_M_KIB`] and [`MAX_ARGON2_T`].
 pub fn is_supported_hash(hash: &str) -> bool {
     if is_bcrypt(hash) {
         return hash.len() == 60
             && hash[4..6]
                 .parse::<u32>()
-                .is_ok_and(|c| (4..=31).contains(&c));
+                .is_ok_and(|c| (4..=MAX_BCRYPT_COST).contains(&c));
     }
-    PasswordHash::new(hash).is_ok_and(|h| h.algorithm.as_str().starts_with("argon2"))
+    let Ok(phc) = PasswordHash::new(hash) else {
+        return false;
+    };
+    argon2_inputs(&phc).is_some_and(|(_, _, params)| {
+        params.m_cost() <= MAX_ARGON2_M_KIB && params.t_cost() <= MAX_ARGON2_T
+    })
+}
+
+/// The variant, version and parameters `phc` was hashed with, when it is an argon2 hash with a
+/// salt and a hash.
+fn argon2_inputs(phc: &PasswordHash) -> Option<(Algorithm, Version, Params)> {
+    phc.salt.as_ref()?;
+    phc.hash.as_ref()?;
+    let algorithm = Algorithm::try_from(phc.algorithm.as_str()).ok()?;
+    let version = phc
+        .version
+        .map_or(Ok(Version::default()), Version::try_from)
+        .ok()?;
+    // The hash's own m, t, p and output length.
+    let params = Params::try_from(phc).ok()?;
+    Some((algorithm, version, params))
 }
 
 fn is_bcrypt(hash: &str) -> bool {
@@ -387,20 +417,9 @@ fn hash_argon2id(
 /// Whether `password` hashes to `phc` (any argon2 variant and version, the hash's own
 /// parameters), computed on `memory` and compared in constant time.
 fn argon2_matches(password: &[u8], phc: &PasswordHash, memory: &mut Memory) -> bool {
-    let (Some(salt), Some(expected)) = (&phc.salt, &phc.hash) else {
-        return false;
-    };
-    let Ok(algorithm) = Algorithm::try_from(phc.algorithm.as_str()) else {
-        return false;
-    };
-    let Ok(version) = phc
-        .version
-        .map_or(Ok(Version::default()), Version::try_from)
+    let (Some((algorithm, version, params)), Some(salt), Some(expected)) =
+        (argon2_inputs(phc), &phc.salt, &phc.hash)
     else {
-        return false;
-    };
-    // The hash's own m, t, p and output length.
-    let Ok(params) = Params::try_from(phc) else {
         return false;
     };
     let mut out = [0u8; Output::MAX_LENGTH];
@@ -639,6 +658,41 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(holding.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn only_hashes_checkable_at_a_bounded_cost_are_supported() {
+        let argon = |algorithm: &str, m: u32, t: u32| {
+            format!(
+                "${algorithm}$v=19$m={m},t={t},p=1$c29tZXNhbHRzb21lc2FsdA$\
+                 YWJjZGVmZ2hpamtsbW5vcHFyc3R1dnd4eXphYmNkZWY"
+            )
+        };
+        let bcrypt = |cost: u32| format!("$2b${cost:02}${}", "a".repeat(53));
+        for ok in [
+            argon("argon2id", 19_456, 2),
+            argon("argon2i", MAX_ARGON2_M_KIB, MAX_ARGON2_T),
+            argon("argon2d", 8, 1),
+            bcrypt(4),
+            bcrypt(MAX_BCRYPT_COST),
+        ] {
+            assert!(is_supported_hash(&ok), "{ok}");
+        }
+        for costly_or_unknown in [
+            argon("argon2id", MAX_ARGON2_M_KIB + 1, 1),
+            argon("argon2id", u32::MAX, 1),
+            argon("argon2id", 19_456, MAX_ARGON2_T + 1),
+            argon("argon2x", 19_456, 2),
+            "$argon2id$v=19$m=19456,t=2,p=1".to_owned(),
+            bcrypt(MAX_BCRYPT_COST + 1),
+            bcrypt(31),
+            bcrypt(3),
+        ] {
+            assert!(
+                !is_supported_hash(&costly_or_unknown),
+                "{costly_or_unknown}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -52,6 +52,8 @@ async fn imported_bcrypt_and_argon2_users_log_in_and_are_upgraded() {
         .hash_password(b"argon user password")
         .unwrap()
         .to_string();
+    // Cost 31: 2^31 rounds, days of a hashing thread at every login of the user.
+    let too_costly = bcrypt_hash.replacen("$04$", "$31$", 1);
     let file = app.dir.path().join("users.jsonl");
     std::fs::write(
         &file,
@@ -60,7 +62,8 @@ async fn imported_bcrypt_and_argon2_users_log_in_and_are_upgraded() {
              {{\"username\":\"arne\",\"password_hash\":\"{argon_hash}\"}}\n\
              this line is broken\n\
              {{\"username\":\"md5\",\"password_hash\":\"5f4dcc3b5aa765d61d8327deb882cf99\"}}\n\
-             {{\"username\":\"admin\",\"password_hash\":\"{bcrypt_hash}\"}}\n"
+             {{\"username\":\"admin\",\"password_hash\":\"{bcrypt_hash}\"}}\n\
+             {{\"username\":\"slow\",\"password_hash\":\"{too_costly}\"}}\n"
         ),
     )
     .unwrap();
@@ -81,9 +84,11 @@ async fn imported_bcrypt_and_argon2_users_log_in_and_are_upgraded() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
-    assert!(stdout.contains("imported 2 users, skipped 3"), "{stdout}");
+    assert!(stdout.contains("imported 2 users, skipped 4"), "{stdout}");
     assert!(
-        stderr.contains("line 3") && stderr.contains("line 4") && stderr.contains("line 5"),
+        ["line 3", "line 4", "line 5", "line 6"]
+            .iter()
+            .all(|line| stderr.contains(line)),
         "{stderr}"
     );
     assert!(stderr.contains("exists"), "{stderr}");
