@@ -70,8 +70,11 @@ async fn run() -> std::process::ExitCode {
 }
 
 fn init_logging(format: LogFormat, serving: bool) {
-    use tracing_subscriber::EnvFilter;
+    use tessera::observability::log_layer;
     use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{EnvFilter, registry};
     // CLI commands stay quiet unless asked; the server logs at info.
     let default = if serving { "info" } else { "warn" };
     let directives = std::env::var("RUST_LOG")
@@ -85,28 +88,19 @@ fn init_logging(format: LogFormat, serving: bool) {
     // need it: span and field directives (`[span]`, `{field}`), told by their brackets, which
     // no target contains (`Targets` would read them as target names and drop them silently).
     let per_target = !directives.contains(['[', '{']);
-    match directives.parse::<Targets>() {
-        Ok(targets) if per_target => install_logging(targets, format),
-        _ => install_logging(EnvFilter::new(directives), format),
-    }
-}
-
-fn install_logging<F>(filter: F, format: LogFormat)
-where
-    F: tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
-{
-    use tracing_subscriber::layer::SubscriberExt as _;
-    use tracing_subscriber::util::SubscriberInitExt as _;
     let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(colours);
-    let logs = tracing_subscriber::registry().with(filter);
-    match format {
-        LogFormat::Json => logs.with(layer.json().flatten_event(true)).init(),
-        LogFormat::Text if colours => logs.with(layer).init(),
-        LogFormat::Text => logs
-            .with(layer.fmt_fields(tessera::observability::TextFields))
+    match directives.parse::<Targets>() {
+        Ok(targets) if per_target => registry()
+            .with(targets)
+            .with(log_layer(format, colours, std::io::stderr))
             .init(),
+        _ => {
+            // `[request]` directives need requests to run inside a span of that name.
+            tessera::observability::set_request_spans(true);
+            registry()
+                .with(EnvFilter::new(directives))
+                .with(log_layer(format, colours, std::io::stderr))
+                .init();
+        }
     }
 }

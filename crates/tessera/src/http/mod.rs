@@ -230,15 +230,15 @@ where
 }
 
 /// What every answer goes through, in one layer: the request id (made when absent, echoed on
-/// the answer), credentials marked sensitive so no `Debug` of the request prints them, a span
-/// per request (method, path, request id) around everything the request does, panics turned
-/// into an opaque 500, the header policy on every answer (panics and timeouts included), and
-/// server errors logged. tower-http has a layer for each of these, and this stack was built
-/// from them first; but each layer wraps the request's future and its answer in its own type,
-/// which hyper moves and the runtime polls through. Under callgrind a verification cost 70.1k
-/// instructions through those layers, 67.5k through this one, and 59.4k with no edge at all;
-/// most of what is left is the span (4.2k), kept because it puts the request id on every log
-/// line of the request (bench/NOTES.md).
+/// the answer), credentials marked sensitive so no `Debug` of the request prints them, the
+/// request's method, path and id on every line logged while serving it
+/// ([`RequestContext`](crate::observability::RequestContext)), panics turned into an opaque
+/// 500, the header policy on every answer (panics and timeouts included), and server errors
+/// logged. tower-http has a layer for each of these, and this stack was built from them first;
+/// but each layer wraps the request's future and its answer in its own type, which hyper moves
+/// and the runtime polls through. Under callgrind a verification cost 70.1k instructions
+/// through those layers, 67.5k through this one (with a tracing span per request, 4.2k of
+/// it), and 59.4k with no edge at all (bench/NOTES.md).
 #[derive(Clone)]
 pub struct Edge<S> {
     inner: S,
@@ -260,7 +260,6 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         use futures_util::FutureExt as _;
-        use tracing::Instrument as _;
 
         let headers = req.headers_mut();
         let id = match headers.get(&REQUEST_ID) {
@@ -276,17 +275,16 @@ where
                 values.iter_mut().for_each(|v| v.set_sensitive(true));
             }
         }
-        let span = tracing::info_span!(
-            "request",
-            method = %req.method(),
-            path = %req.uri().path(),
-            request_id = %id.to_str().unwrap_or(""),
+        let context = crate::observability::RequestContext::new(
+            req.method().clone(),
+            req.uri().clone(),
+            id.clone(),
         );
         let started = std::time::Instant::now();
-        // Outside the span: `call` only builds the request's future (routing, no handler code,
-        // nothing logged), and entering the span for it was one more enter and exit per request.
+        // Outside the request's scope: `call` only builds the request's future (routing, no
+        // handler code, nothing logged).
         let call = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.inner.call(req)));
-        async move {
+        let answer = async move {
             tracing::debug!("started processing request");
             let res = match call {
                 Ok(fut) => match std::panic::AssertUnwindSafe(fut).catch_unwind().await {
@@ -305,9 +303,8 @@ where
             let mut res = browser::security_headers(res);
             res.headers_mut().insert(REQUEST_ID, id);
             Ok(res)
-        }
-        .instrument(span)
-        .boxed()
+        };
+        context.scope(answer)
     }
 }
 
@@ -410,14 +407,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_server_error_is_logged_inside_the_request_span() {
+    async fn a_server_error_is_logged_with_the_requests_method_path_and_id() {
+        use tracing_subscriber::layer::SubscriberExt as _;
         let buf = crate::observability::LogBuf::default();
         let sink = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || sink.clone())
-            .finish();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::INFO)
+            .with(crate::observability::log_layer(
+                crate::config::LogFormat::Text,
+                false,
+                move || sink.clone(),
+            ));
         let _default = tracing::subscriber::set_default(subscriber);
         async fn down() -> StatusCode {
             StatusCode::SERVICE_UNAVAILABLE
@@ -452,7 +452,7 @@ mod tests {
         assert!(line.contains("ERROR"), "{line}");
         assert!(line.contains("status=503"), "{line}");
         assert!(
-            line.contains("request{method=GET path=/down request_id=down-id-1}"),
+            line.ends_with(" method=GET path=/down request_id=down-id-1"),
             "{line}"
         );
         assert!(

@@ -465,7 +465,8 @@ fn the_binary_runs_on_jemalloc_with_its_configured_options() {
 
 /// `RUST_LOG` filters by target (the usual case, which tessera serves without any per-span
 /// bookkeeping) and by span (`[request]=debug`: the debug events inside request spans), as
-/// `EnvFilter` documents both; an empty `RUST_LOG` means the default (info).
+/// `EnvFilter` documents both; an empty `RUST_LOG` means the default (info). Lines logged in a
+/// request end with its method, path and id.
 #[tokio::test]
 async fn rust_log_filters_by_target_and_by_span() {
     if !embedded() {
@@ -481,7 +482,7 @@ async fn rust_log_filters_by_target_and_by_span() {
         ("warn,tessera::app=info", "listening", "key ring loaded"),
         (
             "warn,tessera::app=info,[request]=debug",
-            "started processing request",
+            "started processing request method=GET path=/healthz request_id=",
             "key ring loaded",
         ),
         ("", "key ring loaded", "started processing request"),
