@@ -511,7 +511,7 @@ impl Auth {
                 metrics::counter!("tessera_logins_total", "outcome" => "invalid_credentials")
                     .increment(1);
                 self.record_failure(&keys).await?;
-                tracing::info!(target: "audit", event = "login_failed", username = %keys.user, ip = ?client.ip);
+                tracing::info!(target: "audit", event = "login_failed", username = %keys.user, ip = client.ip.map(tracing::field::display));
                 return Err(AuthError::InvalidCredentials);
             }
         };
@@ -631,7 +631,7 @@ impl Auth {
         if !evicted.is_empty() {
             tracing::info!(target: "audit", event = "sessions_evicted", user = %user.username, count = evicted.len());
         }
-        tracing::info!(target: "audit", event = "login", user = %user.username, session = %id, ip = ?client.ip, browser = with_cookie);
+        tracing::info!(target: "audit", event = "login", user = %user.username, session = %id, ip = client.ip.map(tracing::field::display), browser = with_cookie);
         Ok((self.issue(&session, &refresh)?, cookie))
     }
 

@@ -534,3 +534,110 @@ async fn rust_log_filters_by_target_and_by_span() {
         );
     }
 }
+
+/// Authentication events go to the `audit` target with the user, the client's IP as an address
+/// and the request's method, path and id, and no line of the log holds a password or a token.
+#[tokio::test]
+async fn audit_lines_name_the_user_client_and_request_and_never_a_secret() {
+    if !embedded() {
+        return; // a process-level test of the embedded default
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut child = tessera(dir.path())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--public-url",
+            PUBLIC_URL,
+            "--log-format",
+            "json",
+        ])
+        .env("TESSERA_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let lines = |text: &str| -> Vec<Value> {
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    };
+    let started = Instant::now();
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find_map(|l| l["addr"].as_str().map(str::to_owned));
+        if let Some(addr) = found {
+            break addr;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no address:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let client = reqwest::Client::new();
+    let login = |password: &'static str, id: &'static str| {
+        client
+            .post(format!("http://{addr}/login"))
+            .header("x-request-id", id)
+            .json(&serde_json::json!({"username": "admin", "password": password}))
+            .send()
+    };
+    let wrong = "not the admin password";
+    let res = login(wrong, "audit-1").await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let body: Value = login(ADMIN_PASSWORD, "audit-2")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let access = body["access_token"].as_str().unwrap().to_owned();
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+    let res = client
+        .post(format!("http://{addr}/logout"))
+        .header("x-request-id", "audit-3")
+        .bearer_auth(&access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    std::thread::sleep(Duration::from_millis(200));
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let audit: Vec<Value> = lines(&text)
+        .into_iter()
+        .filter(|l| l["target"] == "audit")
+        .collect();
+    let event = |name: &str| {
+        audit
+            .iter()
+            .find(|l| l["event"] == name)
+            .unwrap_or_else(|| panic!("no {name} event in:\n{text}"))
+    };
+    let failed = event("login_failed");
+    assert_eq!(failed["username"], "admin");
+    assert_eq!(failed["ip"], "127.0.0.1");
+    assert_eq!(failed["method"], "POST");
+    assert_eq!(failed["path"], "/login");
+    assert_eq!(failed["request_id"], "audit-1");
+    let login = event("login");
+    assert_eq!(login["user"], "admin");
+    assert_eq!(login["ip"], "127.0.0.1");
+    assert_eq!(login["request_id"], "audit-2");
+    let logout = event("logout");
+    assert_eq!(logout["user"], "admin");
+    assert_eq!(logout["path"], "/logout");
+    assert_eq!(logout["request_id"], "audit-3");
+    let signature = access.rsplit('.').next().unwrap();
+    for secret in [wrong, ADMIN_PASSWORD, &access, signature, &refresh] {
+        assert!(!text.contains(secret), "{secret:?} logged:\n{text}");
+    }
+}
