@@ -249,6 +249,17 @@ pub enum LogoutScope {
     All,
 }
 
+impl LogoutScope {
+    /// The scope as the API spells it (`current`, `others`, `all`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Current => "current",
+            Self::Others => "others",
+            Self::All => "all",
+        }
+    }
+}
+
 /// Changes an admin may make to a user.
 #[derive(Clone, Debug, Default)]
 pub struct UserPatch {
@@ -887,7 +898,7 @@ impl Auth {
             }
             LogoutScope::All => self.sessions.revoke_all(who.user_id, None).await?,
         };
-        tracing::info!(target: "audit", event = "logout", user = %who.username, scope = ?scope, revoked = n);
+        tracing::info!(target: "audit", event = "logout", user = %who.username, scope = scope.as_str(), revoked = n);
         Ok(n)
     }
 

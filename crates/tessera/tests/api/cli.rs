@@ -635,6 +635,7 @@ async fn audit_lines_name_the_user_client_and_request_and_never_a_secret() {
     let logout = event("logout");
     assert_eq!(logout["user"], "admin");
     assert_eq!(logout["path"], "/logout");
+    assert_eq!(logout["scope"], "current");
     assert_eq!(logout["request_id"], "audit-3");
     let signature = access.rsplit('.').next().unwrap();
     for secret in [wrong, ADMIN_PASSWORD, &access, signature, &refresh] {
