@@ -372,26 +372,24 @@ where
                 .event_format(WithRequest::json(lines().json().flatten_event(true))),
         ),
         // `Writer::new` (for the line written aside) has colours off; the format's own
-        // setting turns them back on.
-        LogFormat::Text if colours => {
-            Box::new(layer.event_format(WithRequest::text(lines().with_ansi(true))))
-        }
+        // setting turns them on again when asked.
         LogFormat::Text => Box::new(
             layer
                 .fmt_fields(TextFields)
-                .event_format(WithRequest::text(lines())),
+                .event_format(WithRequest::text(lines().with_ansi(colours))),
         ),
     }
 }
 
-/// The text log format's fields, for a log without colours: `name=value` separated by spaces,
-/// the message unnamed and stripped of terminal control characters, `log.*` fields left out —
-/// the lines `tracing_subscriber`'s `DefaultFields` writes (a test compares them), written
-/// straight into the line. `DefaultFields` styles every name and `=` through `nu-ansi-term`
-/// even with colours off and grows the span's buffer field by field: for the three fields of
-/// the request span that was 5k instructions per request (`bench/callgrind`, 83.7k → 78.8k
-/// with no fields at all), on every request whether or not anything is logged in it. With
-/// colours on, `DefaultFields` is used.
+/// The text log format's fields: `name=value` separated by spaces, the message unnamed, `log.*`
+/// fields left out, as `tracing_subscriber`'s `DefaultFields` writes them, but with every
+/// value and message stripped of line breaks and terminal control characters (written as
+/// `\x0a`, `\x1b`, …). `DefaultFields` escapes only terminal controls, and only in messages
+/// and errors: a username tried at login, logged with `%`, could end its line and write a
+/// forged audit line after it. Written straight into the line: `DefaultFields` also styles
+/// every name and `=` through `nu-ansi-term` even with colours off and grows the buffer field
+/// by field, which cost 5k instructions per request while a span per request carried fields
+/// (`bench/callgrind`, 83.7k → 78.8k).
 pub struct TextFields;
 
 impl<'w> tracing_subscriber::fmt::FormatFields<'w> for TextFields {
@@ -474,7 +472,7 @@ impl TextVisitor<'_> {
         self.writer.write_str(name)?;
         self.writer.write_char('=')?;
         match sources {
-            None => write!(self.writer, "{value:?}"),
+            None => write!(Escaped(&mut self.writer), "{value:?}"),
             Some(source) => {
                 write!(Escaped(&mut self.writer), "{value:?}")?;
                 write!(self.writer, " {name}.sources=[")?;
@@ -525,18 +523,15 @@ impl tracing::field::Visit for TextVisitor<'_> {
     }
 }
 
-/// Writes through, with terminal control characters (ESC, BEL, BS, FF, DEL, C1) spelled out, as
-/// `DefaultFields` does for messages and errors: a logged value must not drive the terminal.
+/// Writes through, with control characters (C0 but the tab, DEL, C1) spelled out: a logged
+/// value must neither drive the terminal nor end its line.
 struct Escaped<'a, W>(&'a mut W);
 
 impl<W: std::fmt::Write> std::fmt::Write for Escaped<'_, W> {
     fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let is_control = |c: char| {
-            matches!(
-                c,
-                '\x1b' | '\x07' | '\x08' | '\x0c' | '\x7f' | '\u{80}'..='\u{9f}'
-            )
-        };
+        // Every C0 control but the tab (line breaks included), DEL, and the C1 controls.
+        let is_control =
+            |c: char| (c < ' ' && c != '\t') || matches!(c, '\x7f' | '\u{80}'..='\u{9f}');
         if !s.contains(is_control) {
             return self.0.write_str(s);
         }
@@ -665,11 +660,13 @@ mod tests {
     }
 
     #[test]
-    fn text_fields_write_the_same_lines_as_the_default_formatter_without_colours() {
+    fn text_fields_write_the_lines_of_the_default_formatter_with_every_value_escaped() {
         let ours = render(TextFields);
         let theirs = render(tracing_subscriber::fmt::format::DefaultFields::new());
         assert_eq!(ours.lines().count(), 7, "{ours}");
-        assert_eq!(ours, theirs);
+        // The one difference: `DefaultFields` writes a `%` value's controls as they are.
+        assert!(theirs.contains("shown=disp\x1b"), "{theirs}");
+        assert_eq!(ours, theirs.replace("shown=disp\x1b", "shown=disp\\x1b"));
         assert!(
             ours.contains("escapes \\x1b[31m \\u{9b} \\x07 done"),
             "{ours}"
@@ -677,6 +674,30 @@ mod tests {
         assert!(
             ours.contains("leaf cause]") && ours.contains("error.sources=[middle"),
             "{ours}"
+        );
+    }
+
+    #[test]
+    fn no_value_or_message_can_end_its_line_and_forge_another() {
+        use tracing_subscriber::layer::SubscriberExt as _;
+        let buf = LogBuf::default();
+        let sink = buf.clone();
+        let subscriber = tracing_subscriber::registry().with(log_layer(
+            crate::config::LogFormat::Text,
+            false,
+            move || sink.clone(),
+        ));
+        let forged = "x\n2026-01-01T00:00:00Z  INFO audit: event=\"login\" user=admin\r";
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: "audit", event = "login_failed", username = %forged);
+            tracing::info!(target: "audit", username = forged, "{forged}");
+        });
+        let logged = buf.text();
+        assert_eq!(logged.lines().count(), 2, "{logged}");
+        assert!(!logged.contains('\r'), "{logged:?}");
+        assert!(
+            logged.contains("username=x\\x0a2026-01-01T00:00:00Z  INFO audit: event=\"login\""),
+            "{logged}"
         );
     }
 
