@@ -463,6 +463,64 @@ fn the_binary_runs_on_jemalloc_with_its_configured_options() {
     }
 }
 
+/// A `tessera serve` process on the embedded store in `dir`, with `args` and `env` added, its
+/// stderr written to a file: the process, the file and the address it bound (read from its
+/// log, text or JSON lines).
+fn serve_logging_to_file(
+    dir: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Child, std::path::PathBuf, String) {
+    let log = dir.join("stderr.log");
+    let mut child = tessera(dir)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--public-url",
+            PUBLIC_URL,
+        ])
+        .args(args)
+        .env("TESSERA_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let text_addr = text
+            .split("addr=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next());
+        let json_addr = || {
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .find_map(|l| l["addr"].as_str().map(str::to_owned))
+        };
+        if let Some(addr) = text_addr.map(str::to_owned).or_else(json_addr) {
+            break addr;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("no address logged with {args:?} {env:?}:\n{text}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    (child, log, addr)
+}
+
+/// What a server started by [`serve_logging_to_file`] logged, once it has had a moment to
+/// write its last lines and has been stopped.
+fn stop_and_read_log(mut child: Child, log: &Path) -> String {
+    std::thread::sleep(Duration::from_millis(200));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    std::fs::read_to_string(log).unwrap()
+}
+
 /// `RUST_LOG` filters by target (the usual case, which tessera serves without any per-span
 /// bookkeeping) and by span (`[request]=debug`: the debug events inside request spans), as
 /// `EnvFilter` documents both; an empty `RUST_LOG` means the default (info). Lines logged in a
@@ -489,41 +547,12 @@ async fn rust_log_filters_by_target_and_by_span() {
     ];
     for (rust_log, logged, silent) in cases {
         let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("stderr.log");
-        let mut child = tessera(dir.path())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--public-url",
-                PUBLIC_URL,
-            ])
-            .env("RUST_LOG", rust_log)
-            .env("TESSERA_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let started = Instant::now();
-        let addr = loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if let Some(rest) = text.split("addr=").nth(1) {
-                break rest.split_whitespace().next().unwrap().to_owned();
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(20),
-                "RUST_LOG={rust_log:?}: no address logged:\n{text}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let (child, log, addr) = serve_logging_to_file(dir.path(), &[], &[("RUST_LOG", rust_log)]);
         let res = reqwest::get(format!("http://{addr}/healthz"))
             .await
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
-        std::thread::sleep(Duration::from_millis(200));
-        child.kill().unwrap();
-        child.wait().unwrap();
-        let text = std::fs::read_to_string(&log).unwrap();
+        let text = stop_and_read_log(child, &log);
         assert!(
             text.contains(logged),
             "RUST_LOG={rust_log:?}: {logged:?} missing:\n{text}"
@@ -543,42 +572,11 @@ async fn audit_lines_name_the_user_client_and_request_and_never_a_secret() {
         return; // a process-level test of the embedded default
     }
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("stderr.log");
-    let mut child = tessera(dir.path())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--public-url",
-            PUBLIC_URL,
-            "--log-format",
-            "json",
-        ])
-        .env("TESSERA_ADMIN_PASSWORD", ADMIN_PASSWORD)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    let (child, log, addr) = serve_logging_to_file(dir.path(), &["--log-format", "json"], &[]);
     let lines = |text: &str| -> Vec<Value> {
         text.lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect()
-    };
-    let started = Instant::now();
-    let addr = loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let found = text
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find_map(|l| l["addr"].as_str().map(str::to_owned));
-        if let Some(addr) = found {
-            break addr;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "no address:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     };
     let client = reqwest::Client::new();
     let login = |password: &'static str, id: &'static str| {
@@ -607,11 +605,7 @@ async fn audit_lines_name_the_user_client_and_request_and_never_a_secret() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
-    std::thread::sleep(Duration::from_millis(200));
-    child.kill().unwrap();
-    child.wait().unwrap();
-
-    let text = std::fs::read_to_string(&log).unwrap();
+    let text = stop_and_read_log(child, &log);
     let audit: Vec<Value> = lines(&text)
         .into_iter()
         .filter(|l| l["target"] == "audit")
