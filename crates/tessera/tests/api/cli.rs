@@ -636,3 +636,30 @@ async fn audit_lines_name_the_user_client_and_request_and_never_a_secret() {
         assert!(!text.contains(secret), "{secret:?} logged:\n{text}");
     }
 }
+
+/// A username tried at login reaches the text log escaped: it cannot end its line and write a
+/// forged audit line after it.
+#[tokio::test]
+async fn a_username_tried_at_login_cannot_forge_a_log_line() {
+    if !embedded() {
+        return; // a process-level test of the embedded default
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (child, log, addr) = serve_logging_to_file(dir.path(), &[], &[]);
+    let forged = "evil\n2026-01-01T00:00:00.000000Z  INFO audit: event=\"login\" user=admin";
+    let res = reqwest::Client::new()
+        .post(format!("http://{addr}/login"))
+        .json(&serde_json::json!({"username": forged, "password": "not the admin password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    let text = stop_and_read_log(child, &log);
+    let failed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("login_failed"))
+        .collect();
+    assert_eq!(failed.len(), 1, "{text}");
+    assert!(failed[0].contains("username=evil\\x0a2026-01-01"), "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("2026-01-01")), "{text}");
+}
