@@ -1,8 +1,9 @@
 //! Password policy (NIST 800-63B) and hashing (argon2id, with legacy bcrypt accepted).
 //!
 //! Hashing is CPU- and memory-heavy (19 MiB per argon2 hash), so it runs on a small pool of
-//! dedicated threads (one per core) behind a bounded queue: past the queue a caller gets
-//! [`HashError::Overloaded`] (503) instead of the process growing without bound. Dedicated
+//! dedicated threads (one per core, in the idle scheduling class: [`pool`]) behind a bounded
+//! queue: past the queue a caller gets [`HashError::Overloaded`] (503) instead of the process
+//! growing without bound. Dedicated
 //! threads, not tokio's blocking pool: the allocator keeps an arena per thread, and 19 MiB
 //! buffers spread over hundreds of short-lived blocking threads were measured to hold ~570 MiB of
 //! RSS after a login burst; a fixed pool holds one buffer's worth per thread, and each thread
@@ -11,19 +12,21 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::LazyLock;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use argon2::password_hash::PasswordHasher as _;
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
-use crossbeam_channel::RecvTimeoutError;
 use secrecy::zeroize::Zeroize as _;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq as _;
 use tokio::sync::oneshot;
 
 use super::user::Username;
+
+mod pool;
 
 /// Shortest accepted password, in Unicode code points.
 pub const MIN_LEN: usize = 8;
@@ -106,8 +109,6 @@ pub struct PasswordHasher {
     inner: Arc<Inner>,
 }
 
-type Job = Box<dyn FnOnce(&mut Memory) + Send>;
-
 /// How long a hashing thread keeps its argon2 memory after its last job.
 const KEEP_MEMORY_FOR: Duration = Duration::from_secs(2);
 
@@ -179,30 +180,12 @@ impl Drop for Memory {
 
 struct Inner {
     params: Params,
-    jobs: crossbeam_channel::Sender<Job>,
+    pool: pool::Pool,
     /// How many hashing threads hold their [`Memory`] now.
     holding: Arc<AtomicUsize>,
-    waiting: AtomicUsize,
-    max_waiting: usize,
     /// A hash of a random password: verified against when the user does not exist, so an
     /// unknown username costs the same time as a wrong password (no user enumeration).
     dummy_hash: String,
-}
-
-/// Lowers the calling hashing thread's scheduling priority (nice 10). On a machine with as
-/// many hashing threads as cores, logins would otherwise take the cores from the threads that
-/// verify tokens: measured on 2 cores, verification p99 tripled while logins saturated the pool.
-/// With a lower priority the hashes still use every idle cycle (login throughput is unchanged
-/// when nothing else runs) but yield to request handling.
-fn yield_the_cpu_to_request_threads() {
-    #[cfg(target_os = "linux")]
-    #[allow(unsafe_code)]
-    // SAFETY: setpriority with the caller's own thread id changes only that thread's nice value;
-    // raising one's nice value needs no privilege, and a failure leaves the priority as it was.
-    unsafe {
-        let tid = libc::gettid();
-        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
-    }
 }
 
 impl PasswordHasher {
@@ -211,18 +194,21 @@ impl PasswordHasher {
         Params::default()
     }
 
-    /// A hasher running at most `concurrency` hashes at once and queueing at most `max_waiting`.
+    /// A hasher with `concurrency` hashing threads (and the pool's rescuer: [`pool`]) and at
+    /// most `max_waiting` jobs queued or running.
     pub fn new(params: Params, concurrency: usize, max_waiting: usize) -> Result<Self, HashError> {
-        Self::keeping_memory_for(params, concurrency, max_waiting, KEEP_MEMORY_FOR)
+        Self::tuned(
+            params,
+            pool::Tuning {
+                threads: concurrency,
+                max_waiting,
+                keep_memory_for: KEEP_MEMORY_FOR,
+                stall: pool::STALL,
+            },
+        )
     }
 
-    /// [`PasswordHasher::new`], with the time a thread keeps its memory after a job.
-    fn keeping_memory_for(
-        params: Params,
-        concurrency: usize,
-        max_waiting: usize,
-        keep_for: Duration,
-    ) -> Result<Self, HashError> {
+    fn tuned(params: Params, tuning: pool::Tuning) -> Result<Self, HashError> {
         let argon = Argon2::from(params.clone());
         let mut random = [0u8; 32];
         crate::domain::secret::fill_random(&mut random);
@@ -230,44 +216,15 @@ impl PasswordHasher {
             .hash_password(&random)
             .map_err(|e| HashError::Internal(e.to_string()))?
             .to_string();
-        let (jobs, rx) = crossbeam_channel::bounded::<Job>(max_waiting.max(1));
         let holding = Arc::new(AtomicUsize::new(0));
-        for i in 0..concurrency.max(1) {
-            let rx = rx.clone();
-            let mut memory = Memory::new(&params, Arc::clone(&holding));
-            std::thread::Builder::new()
-                .name(format!("tessera-hash-{i}"))
-                .spawn(move || {
-                    yield_the_cpu_to_request_threads();
-                    loop {
-                        let next = if memory.is_held() {
-                            rx.recv_timeout(keep_for)
-                        } else {
-                            rx.recv().map_err(|_| RecvTimeoutError::Disconnected)
-                        };
-                        match next {
-                            Ok(job) => {
-                                // A panic fails its one job (its caller sees the answer
-                                // dropped), not the thread: the pool keeps its size.
-                                let run = std::panic::AssertUnwindSafe(|| job(&mut memory));
-                                if std::panic::catch_unwind(run).is_err() && memory.is_held() {
-                                    memory.release();
-                                }
-                            }
-                            Err(RecvTimeoutError::Timeout) => memory.release(),
-                            Err(RecvTimeoutError::Disconnected) => return, // the hasher was dropped
-                        }
-                    }
-                })
-                .map_err(|e| HashError::Internal(e.to_string()))?;
-        }
+        let memory = || Memory::new(&params, Arc::clone(&holding));
+        let pool =
+            pool::Pool::start(tuning, memory).map_err(|e| HashError::Internal(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 params,
-                jobs,
+                pool,
                 holding,
-                waiting: AtomicUsize::new(0),
-                max_waiting,
                 dummy_hash,
             }),
         })
@@ -280,9 +237,12 @@ impl PasswordHasher {
 
     /// Hashes a new password with the current parameters.
     pub async fn hash(&self, password: SecretString) -> Result<String, HashError> {
-        let params = self.inner.params.clone();
-        self.run(move |memory| hash_argon2id(password.expose_secret().as_bytes(), params, memory))
-            .await?
+        let inner = Arc::clone(&self.inner);
+        self.run(move |memory| {
+            let params = inner.params.clone();
+            hash_argon2id(password.expose_secret().as_bytes(), params, memory)
+        })
+        .await?
     }
 
     /// Verifies `password` against `stored`, or against the dummy hash when there is no user,
@@ -295,49 +255,54 @@ impl PasswordHasher {
         let inner = Arc::clone(&self.inner);
         self.run(move |memory| {
             let pw = password.expose_secret().as_bytes();
-            match stored {
+            match &stored {
                 None => {
                     let _ = verify_argon2(pw, &inner.dummy_hash, &inner.params, memory);
                     Verification::Mismatch
                 }
-                Some(hash) if is_bcrypt(&hash) => {
+                Some(hash) if is_bcrypt(hash) => {
                     // Non-truncating: a password longer than 72 bytes must not match on its
                     // first 72 bytes alone.
-                    match bcrypt::non_truncating_verify(pw, &hash) {
+                    match bcrypt::non_truncating_verify(pw, hash) {
                         Ok(true) => Verification::MatchNeedsRehash,
                         _ => Verification::Mismatch,
                     }
                 }
-                Some(hash) => verify_argon2(pw, &hash, &inner.params, memory),
+                Some(hash) => verify_argon2(pw, hash, &inner.params, memory),
             }
         })
         .await
     }
 
     /// Runs `f` on the hashing threads, or refuses at once when `max_waiting` jobs are already
-    /// queued or running.
+    /// queued or running. `f` may run twice (the rescuer's run beside a starved thread's); the
+    /// first answer is the one delivered, and a run that finds the answer given, or the caller
+    /// gone, skips the work.
     async fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Memory) -> T + Send + 'static,
+        f: impl Fn(&mut Memory) -> T + Send + Sync + 'static,
     ) -> Result<T, HashError> {
-        let inner = &self.inner;
-        if inner.waiting.fetch_add(1, Ordering::SeqCst) >= inner.max_waiting {
-            inner.waiting.fetch_sub(1, Ordering::SeqCst);
+        let (tx, rx) = oneshot::channel();
+        let answer = Mutex::new(Some(tx));
+        let work = move |memory: &mut Memory| {
+            let lock = || {
+                answer
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            };
+            if lock().as_ref().is_none_or(oneshot::Sender::is_closed) {
+                return; // answered by another run, or nobody waits any more
+            }
+            let out = f(memory);
+            if let Some(tx) = lock().take() {
+                let _ = tx.send(out);
+            }
+        };
+        if !self.inner.pool.submit(Box::new(work)) {
             return Err(HashError::Overloaded);
         }
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |memory| {
-            let _ = tx.send(f(memory));
-        });
-        let sent = inner.jobs.try_send(job);
-        let result = match sent {
-            Ok(()) => rx
-                .await
-                .map_err(|_| HashError::Internal("a hashing thread died".into())),
-            Err(_) => Err(HashError::Overloaded),
-        };
-        inner.waiting.fetch_sub(1, Ordering::SeqCst);
-        result
+        rx.await
+            .map_err(|_| HashError::Internal("a hashing thread died".into()))
     }
 }
 
@@ -504,8 +469,16 @@ mod tests {
     /// for `keep` after a job.
     fn cheap_on(threads: usize, keep: Duration) -> PasswordHasher {
         let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
-        PasswordHasher::keeping_memory_for(params, threads, 8, keep)
-            .unwrap_or_else(|_| unreachable!())
+        PasswordHasher::tuned(
+            params,
+            pool::Tuning {
+                threads,
+                max_waiting: 8,
+                keep_memory_for: keep,
+                stall: pool::STALL,
+            },
+        )
+        .unwrap_or_else(|_| unreachable!())
     }
 
     #[tokio::test]
@@ -693,6 +666,100 @@ mod tests {
                 "{costly_or_unknown}"
             );
         }
+    }
+
+    /// Hashes run in the idle scheduling class (the rescuer, which would answer as nice 10, is
+    /// kept out of it by an hour's stall).
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashes_run_in_the_idle_scheduling_class() {
+        let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
+        let h = PasswordHasher::tuned(
+            params,
+            pool::Tuning {
+                threads: 1,
+                max_waiting: 8,
+                keep_memory_for: KEEP_MEMORY_FOR,
+                stall: Duration::from_secs(3600),
+            },
+        )
+        .unwrap_or_else(|_| unreachable!());
+        #[allow(unsafe_code)]
+        // SAFETY: sched_getscheduler(0) only reads the calling thread's policy.
+        let policy = h.run(|_| unsafe { libc::sched_getscheduler(0) }).await;
+        assert_eq!(policy.ok(), Some(libc::SCHED_IDLE));
+    }
+
+    /// Threads of the idle class get next to no CPU while normal threads take every core: the
+    /// rescuer (nice 10) answers the login instead, within a second or so here. Without it the
+    /// hash (~40 ms of CPU) took its starved thread well over the bound.
+    #[test]
+    fn a_hash_is_answered_while_normal_threads_take_every_core() {
+        use std::sync::atomic::AtomicBool;
+        let cores = std::thread::available_parallelism().map_or(2, usize::from);
+        let params = Params::new(19 * 1024, 4, 1, None).unwrap_or_else(|_| unreachable!());
+        let h = PasswordHasher::new(params, cores, 8).unwrap_or_else(|_| unreachable!());
+        let stop = Arc::new(AtomicBool::new(false));
+        let spinners: Vec<_> = (0..cores)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let started = std::time::Instant::now();
+        let hashed = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), h.hash("a fine secret".into())).await
+        });
+        let took = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        spinners
+            .into_iter()
+            .for_each(|s| s.join().unwrap_or_default());
+        assert!(matches!(hashed, Ok(Ok(_))), "{hashed:?}");
+        assert!(took < Duration::from_secs(5), "the hash took {took:?}");
+    }
+
+    /// A caller that stops waiting (a client that hung up, a request past its deadline) gives
+    /// its place in the queue back once its job has run or been dropped: otherwise 64 logins
+    /// abandoned mid-hash would refuse every login after them with 503 until a restart.
+    #[tokio::test]
+    async fn a_caller_that_stops_waiting_gives_its_place_in_the_queue_back() {
+        let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
+        let h = PasswordHasher::new(params, 1, 1).unwrap_or_else(|_| unreachable!());
+        // A job that holds its thread until let go: still running when its caller leaves.
+        let (let_go, gate) = std::sync::mpsc::channel::<()>();
+        let gate = Mutex::new(gate);
+        let held = h.run(move |_| {
+            let gate = gate
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let _ = gate.recv_timeout(Duration::from_secs(10));
+        });
+        // Polled once (queued), then dropped.
+        let abandoned = tokio::time::timeout(Duration::ZERO, held).await;
+        assert!(
+            abandoned.is_err(),
+            "the job finished before it was abandoned"
+        );
+        let _ = let_go.send(());
+        let started = std::time::Instant::now();
+        let next = loop {
+            match h.hash("a fine secret".into()).await {
+                Err(HashError::Overloaded) if started.elapsed() < Duration::from_secs(5) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => break other,
+            }
+        };
+        assert!(next.is_ok(), "{next:?}");
     }
 
     #[tokio::test]
