@@ -8,6 +8,7 @@
 //! - `tessera_refresh_reuse_detected_total`
 //! - `tessera_active_sessions` (embedded store; counted by the sweeper)
 //! - `tessera_store_duration_seconds{store}`, `tessera_store_errors_total{store}`
+//! - `tessera_password_hash_rescues_total` (hashes the rescuer ran: see `domain::password`)
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};

@@ -230,7 +230,11 @@ fn rescuer(shared: &Shared, mut memory: Memory, keep: Duration, stall: Duration)
                     return;
                 }
                 let mut wait = match shared.stalled_job(&mut state, stall) {
-                    Ok(job) => break job,
+                    Ok(job) => {
+                        // Worth an operator's eye: the cores were saturated for a while.
+                        metrics::counter!("tessera_password_hash_rescues_total").increment(1);
+                        break job;
+                    }
                     Err(wait) => wait,
                 };
                 if memory.is_held() {
