@@ -663,3 +663,52 @@ async fn a_username_tried_at_login_cannot_forge_a_log_line() {
     assert!(failed[0].contains("username=evil\\x0a2026-01-01"), "{text}");
     assert!(!text.lines().any(|l| l.starts_with("2026-01-01")), "{text}");
 }
+
+/// The running server hashes on `password_hash_threads` threads in the idle scheduling class
+/// (`SCHED_IDLE`, policy 5) and has one rescuer at nice 10 (README, "Passwords"): read from
+/// `/proc` of the real process, which also shows the setting reaches the pool.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_servers_hashing_threads_are_idle_class_and_its_rescuer_nice_10() {
+    if !embedded() {
+        return; // a process-level test of the embedded default
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (child, log, _addr) =
+        serve_logging_to_file(dir.path(), &[], &[("TESSERA_PASSWORD_HASH_THREADS", "3")]);
+    let pid = child.id();
+    let threads = || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        let mut seen: Vec<(String, String, String)> = tasks
+            .filter_map(|task| {
+                let path = task.ok()?.path();
+                let name = std::fs::read_to_string(path.join("comm")).ok()?;
+                let stat = std::fs::read_to_string(path.join("stat")).ok()?;
+                // Fields after the name, which is in parentheses: state is field 3, nice 19,
+                // policy 41.
+                let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+                let (nice, policy) = (fields.get(16)?, fields.get(38)?);
+                Some((name.trim().to_owned(), nice.to_string(), policy.to_string()))
+            })
+            .filter(|(name, _, _)| name.starts_with("tessera-hash") || name == "tessera-rescue")
+            .collect();
+        seen.sort();
+        seen
+    };
+    let expected = [
+        ("tessera-hash-0", "0", "5"),
+        ("tessera-hash-1", "0", "5"),
+        ("tessera-hash-2", "0", "5"),
+        ("tessera-rescue", "10", "0"),
+    ]
+    .map(|(n, nice, policy)| (n.to_owned(), nice.to_owned(), policy.to_owned()));
+    // Each thread sets its class as it starts, which may be just after the address is logged.
+    let started = Instant::now();
+    let mut seen = threads();
+    while seen != expected && started.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        seen = threads();
+    }
+    let _ = stop_and_read_log(child, &log);
+    assert_eq!(seen, expected);
+}
