@@ -727,9 +727,9 @@ mod tests {
         assert!(took < Duration::from_secs(5), "the hash took {took:?}");
     }
 
-    /// A caller that stops waiting (a client that hung up, a request past its deadline) gives
-    /// its place in the queue back once its job has run or been dropped: otherwise 64 logins
-    /// abandoned mid-hash would refuse every login after them with 503 until a restart.
+    /// A caller that stops waiting (its future dropped: a request past its deadline, a cancelled
+    /// task) gives its place in the queue back once its job has run or been skipped: otherwise
+    /// 64 logins abandoned mid-hash would refuse every login after them with 503 until a restart.
     #[tokio::test]
     async fn a_caller_that_stops_waiting_gives_its_place_in_the_queue_back() {
         let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
