@@ -5,9 +5,9 @@
 //! tessera, so the hashing threads run in the idle class (`SCHED_IDLE`): they get whatever CPU
 //! time nothing else wants, all of it on an idle machine (login throughput is unchanged), and a
 //! woken request thread takes their core at once. Measured with the harness on the project's
-//! 2-vCPU VM (bench/NOTES.md): verify p99 during saturating logins 1.60–1.91× its idle value
-//! against 2.03–2.23× for threads at nice 10 (the pool's priority before), verification
-//! throughput during logins +20%.
+//! 2-vCPU VM (bench/NOTES.md, an A/B of two runs each): verify p99 during saturating logins
+//! 1.93× and 2.05× its idle value against 2.31× and 2.44× for threads at nice 10 (the pool's
+//! priority before), verification throughput during logins 16–28% higher.
 //!
 //! A thread of the idle class gets next to nothing while the cores are saturated (a weight of 3
 //! against 1,024 for a normal thread): a login behind it would wait for seconds. Leaving the
