@@ -3,11 +3,10 @@
 //! Hashing is CPU- and memory-heavy (19 MiB per argon2 hash), so it runs on a small pool of
 //! dedicated threads (one per core, in the idle scheduling class: [`pool`]) behind a bounded
 //! queue: past the queue a caller gets [`HashError::Overloaded`] (503) instead of the process
-//! growing without bound. Dedicated
-//! threads, not tokio's blocking pool: the allocator keeps an arena per thread, and 19 MiB
-//! buffers spread over hundreds of short-lived blocking threads were measured to hold ~570 MiB of
-//! RSS after a login burst; a fixed pool holds one buffer's worth per thread, and each thread
-//! reuses its buffer from one hash to the next ([`Memory`]).
+//! growing without bound. Dedicated threads, not tokio's blocking pool: the allocator keeps an
+//! arena per thread, and 19 MiB buffers spread over hundreds of short-lived blocking threads
+//! were measured to hold ~570 MiB of RSS after a login burst; a fixed pool holds one buffer's
+//! worth per thread, and each thread reuses its buffer from one hash to the next ([`Memory`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -181,7 +180,7 @@ impl Drop for Memory {
 struct Inner {
     params: Params,
     pool: pool::Pool,
-    /// How many hashing threads hold their [`Memory`] now.
+    /// How many of the pool's threads (the rescuer included) hold their [`Memory`] now.
     holding: Arc<AtomicUsize>,
     /// A hash of a random password: verified against when the user does not exist, so an
     /// unknown username costs the same time as a wrong password (no user enumeration).
@@ -230,7 +229,8 @@ impl PasswordHasher {
         })
     }
 
-    /// How many hashing threads hold their argon2 memory now (each the parameters' `m` KiB).
+    /// How many of the pool's threads (the rescuer included) hold their argon2 memory now (each
+    /// the parameters' `m` KiB).
     pub fn threads_holding_memory(&self) -> usize {
         self.inner.holding.load(Ordering::Relaxed)
     }
