@@ -531,9 +531,15 @@ async fn on_redis_cluster_the_session_cache_serves_from_memory_and_hears_of_logo
 #[tokio::test]
 async fn on_redis_cluster_the_session_cache_follows_a_manual_failover() {
     let mut cluster = servers::RedisCluster::start_with_replicas(1);
+    let mut asked = false;
     cluster_failover(&mut cluster, |cluster, _master, replica| {
         let answer = servers::redis_cli(cluster.nodes[replica].port, &["cluster", "failover"]);
-        assert_eq!(answer.map(|r| r.trim().to_owned()), Some("OK".to_owned()));
+        // Asked again, the replica may have been promoted in between and refuse: only the
+        // first answer is checked.
+        if !asked {
+            assert_eq!(answer.map(|r| r.trim().to_owned()), Some("OK".to_owned()));
+        }
+        asked = true;
     })
     .await;
 }
@@ -549,12 +555,15 @@ async fn on_redis_cluster_the_session_cache_follows_a_failover_after_a_master_di
 }
 
 /// Two instances with the session cache on `cluster`; `fail_over(cluster, master, replica)`
-/// (node indexes) replaces the master holding the admin's sessions by its replica. Then a
+/// (node indexes) replaces the master holding the admin's sessions by its replica, and is
+/// called again while the replica is not promoted after 7 s: Redis abandons a manual failover
+/// that has not completed in 5 s (`CLUSTER_MF_TIMEOUT`), which a loaded machine can make it
+/// miss, and an operator then asks again. (Seen once in a full local run: "no promotion".) Then a
 /// logout written to the new master reaches the other instance, for a session cached before
 /// the failover and for one made after it, and a logout written before it was not lost.
 async fn cluster_failover(
     cluster: &mut servers::RedisCluster,
-    fail_over: impl FnOnce(&mut servers::RedisCluster, usize, usize),
+    mut fail_over: impl FnMut(&mut servers::RedisCluster, usize, usize),
 ) {
     let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
     let (a, b) = two_cached_instances(cluster.url()).await;
@@ -605,10 +614,20 @@ async fn cluster_failover(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let index = |port: u16| ports.iter().position(|p| *p == port).unwrap();
-    fail_over(cluster, index(master), index(replica));
-    let started = Instant::now();
-    while !servers::redis_cli(replica, &["role"]).is_some_and(|r| r.starts_with("master")) {
-        assert!(started.elapsed() < Duration::from_secs(20), "no promotion");
+    let (master, replica_port, replica) = (index(master), replica, index(replica));
+    fail_over(cluster, master, replica);
+    let (started, mut asked) = (Instant::now(), Instant::now());
+    while !servers::redis_cli(replica_port, &["role"]).is_some_and(|r| r.starts_with("master")) {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no promotion; the replica's log:\n{}\nthe master's:\n{}",
+            cluster.nodes[replica].log_tail(20),
+            cluster.nodes[master].log_tail(20)
+        );
+        if asked.elapsed() > Duration::from_secs(7) {
+            fail_over(cluster, master, replica);
+            asked = Instant::now();
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
