@@ -693,9 +693,16 @@ mod tests {
     /// Threads of the idle class get next to no CPU while normal threads take every core: the
     /// rescuer (nice 10) answers the login instead, within a second or so here. Without it the
     /// hash (~40 ms of CPU) took its starved thread well over the bound.
+    /// Held by the tests whose outcome depends on who gets the CPU: the one that takes every
+    /// core must not run beside the one that needs its hashing thread to get some.
+    static CORES: Mutex<()> = Mutex::new(());
+
     #[test]
     fn a_hash_is_answered_while_normal_threads_take_every_core() {
         use std::sync::atomic::AtomicBool;
+        let _cores = CORES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         let params = Params::new(19 * 1024, 4, 1, None).unwrap_or_else(|_| unreachable!());
         let h = PasswordHasher::new(params, cores, 8).unwrap_or_else(|_| unreachable!());
@@ -725,6 +732,41 @@ mod tests {
             .for_each(|s| s.join().unwrap_or_default());
         assert!(matches!(hashed, Ok(Ok(_))), "{hashed:?}");
         assert!(took < Duration::from_secs(5), "the hash took {took:?}");
+    }
+
+    /// A job slower than the stall bound whose thread gets the CPU (an imported hash costlier
+    /// than ours) is left to that thread: the rescuer reads the thread's CPU clock and does not
+    /// run the job a second time. (Without the clock reading it did, after 200 ms.)
+    #[test]
+    fn a_slow_job_whose_thread_gets_the_cpu_is_not_run_twice() {
+        let _cores = CORES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
+        let h = PasswordHasher::tuned(
+            params,
+            pool::Tuning {
+                threads: 1,
+                max_waiting: 8,
+                keep_memory_for: KEEP_MEMORY_FOR,
+                stall: Duration::from_millis(200),
+            },
+        )
+        .unwrap_or_else(|_| unreachable!());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&runs);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let done = runtime.block_on(h.run(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_millis(1200) {
+                std::hint::spin_loop();
+            }
+        }));
+        assert!(done.is_ok());
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "the job ran more than once");
     }
 
     /// A caller that stops waiting (its future dropped: a request past its deadline, a cancelled

@@ -12,10 +12,12 @@
 //! A thread of the idle class gets next to nothing while the cores are saturated (a weight of 3
 //! against 1,024 for a normal thread): a login behind it would wait for seconds. Leaving the
 //! idle class needs a privilege (`CAP_SYS_NICE`), so the pool cannot lift a starved thread.
-//! Instead one more thread, the rescuer, runs at nice 10 and watches: when jobs wait and no
-//! hashing thread has finished one for [`STALL`], it runs the oldest itself, whether a starved
-//! thread has started it or not. The first answer wins; the other run is the wasted work of a
-//! thread that gets almost no CPU anyway.
+//! Instead one more thread, the rescuer, runs at nice 10 and watches: when jobs wait, no
+//! hashing thread has finished one for [`STALL`], and the hashing threads are not getting the
+//! CPU (their CPU clocks, read over [`STALL`] / 5), it runs the oldest job itself, whether a
+//! starved thread has started it or not. The first answer wins; the other run is the wasted work
+//! of a thread that gets almost no CPU anyway. A hash that is slow but running (an imported
+//! bcrypt or argon2 hash costlier than ours) is left to its thread, not run twice.
 //!
 //! Where the idle class is refused (not Linux, a seccomp policy) the hashing threads run at
 //! nice 10, as the rescuer does.
@@ -26,11 +28,16 @@ use std::time::{Duration, Instant};
 
 use super::Memory;
 
-/// How long jobs may wait with no hashing thread finishing one before the rescuer steps in. A
-/// hash takes ~20 ms of CPU, so a quarter second without one finished means starved threads,
-/// not a long queue. (An imported hash with costlier parameters than ours may also take this
-/// long; the rescuer then runs it a second time, on one thread.)
+/// How long jobs may wait with no hashing thread finishing one before the rescuer looks at
+/// whether the hashing threads get the CPU. A hash of ours takes ~20 ms of CPU, so a quarter
+/// second without one finished means starved threads or a costlier imported hash, which the
+/// threads' CPU clocks tell apart.
 pub(super) const STALL: Duration = Duration::from_millis(250);
+
+/// Below this share of one core, summed over the hashing threads while jobs are stalled, they
+/// are starved (the idle class gets ~0.3% of a core beside one busy normal thread); a thread
+/// hashing on a core of its own gets all of it.
+const STARVED_BELOW: u32 = 4; // 1/4 of a core
 
 /// What a job does on a thread's memory; it delivers its own answer (so a second run of it,
 /// by the rescuer, can find the answer given and skip the work).
@@ -69,6 +76,8 @@ struct State {
     jobs: VecDeque<Entry>,
     /// When a hashing thread last finished a job.
     last_progress: Instant,
+    /// The hashing threads' CPU clocks (empty where the platform has none).
+    clocks: Vec<cpu::ThreadClock>,
     /// The pool was dropped: the threads end.
     closed: bool,
 }
@@ -90,6 +99,7 @@ impl Pool {
             state: Mutex::new(State {
                 jobs: VecDeque::new(),
                 last_progress: Instant::now(),
+                clocks: Vec::new(),
                 closed: false,
             }),
             work: Condvar::new(),
@@ -177,23 +187,27 @@ impl Shared {
         }
     }
 
-    /// The job the rescuer should run now: the oldest, once jobs have waited [`STALL`] with
-    /// no hashing thread finishing one. Otherwise how long to wait before looking again.
-    fn stalled_job(
-        &self,
-        state: &mut State,
-        stall: Duration,
-    ) -> Result<Arc<Job>, Option<Duration>> {
-        let last_progress = state.last_progress;
-        let Some(oldest) = state.jobs.front_mut() else {
-            return Err(None);
-        };
-        let stalled_for = oldest.job.since.max(last_progress).elapsed();
-        if stalled_for < stall {
-            return Err(Some(stall - stalled_for));
-        }
+    /// How long until the jobs count as stalled: `Some(ZERO)` once the oldest has waited
+    /// `stall` with no hashing thread finishing one and none seen busy since `busy_at`; `None`
+    /// when no job waits.
+    fn stall_left(state: &State, stall: Duration, busy_at: Instant) -> Option<Duration> {
+        let oldest = state.jobs.front()?;
+        let stalled_for = oldest
+            .job
+            .since
+            .max(state.last_progress)
+            .max(busy_at)
+            .elapsed();
+        Some(stall.saturating_sub(stalled_for))
+    }
+
+    /// Marks the oldest job started by the rescuer and hands it over.
+    fn rescue(state: &mut State) -> Option<Arc<Job>> {
+        let oldest = state.jobs.front_mut()?;
         oldest.started = true;
-        Ok(Arc::clone(&oldest.job))
+        // Worth an operator's eye: the cores were saturated for a while.
+        metrics::counter!("tessera_password_hash_rescues_total").increment(1);
+        Some(Arc::clone(&oldest.job))
     }
 
     /// `job` is done (answered, failed or skipped) on some thread; `progress` when that was a
@@ -213,6 +227,9 @@ fn hashing_thread(shared: &Shared, mut memory: Memory, keep: Duration) {
     if !enter_idle_class() {
         lower_priority();
     }
+    if let Some(clock) = cpu::ThreadClock::current() {
+        shared.lock().clocks.push(clock);
+    }
     while let Some(job) = shared.next_job(&mut memory, keep) {
         run(&job, &mut memory);
         shared.finished(&job, true);
@@ -221,6 +238,7 @@ fn hashing_thread(shared: &Shared, mut memory: Memory, keep: Duration) {
 
 fn rescuer(shared: &Shared, mut memory: Memory, keep: Duration, stall: Duration) {
     lower_priority();
+    let mut watch = Watch::new(stall);
     let mut last_job = Instant::now();
     loop {
         let job = {
@@ -229,13 +247,12 @@ fn rescuer(shared: &Shared, mut memory: Memory, keep: Duration, stall: Duration)
                 if state.closed {
                     return;
                 }
-                let mut wait = match shared.stalled_job(&mut state, stall) {
-                    Ok(job) => {
-                        // Worth an operator's eye: the cores were saturated for a while.
-                        metrics::counter!("tessera_password_hash_rescues_total").increment(1);
-                        break job;
-                    }
-                    Err(wait) => wait,
+                let mut wait = match watch.look(&state) {
+                    Look::Rescue => match Shared::rescue(&mut state) {
+                        Some(job) => break job,
+                        None => None,
+                    },
+                    Look::Wait(wait) => wait,
                 };
                 if memory.is_held() {
                     let Some(left) = keep.checked_sub(last_job.elapsed()) else {
@@ -261,6 +278,69 @@ fn rescuer(shared: &Shared, mut memory: Memory, keep: Duration, stall: Duration)
         run(&job, &mut memory);
         shared.finished(&job, false);
         last_job = Instant::now();
+    }
+}
+
+/// What the rescuer decides at a look.
+enum Look {
+    /// Run the oldest job now.
+    Rescue,
+    /// Look again after this long (`None`: when woken).
+    Wait(Option<Duration>),
+}
+
+/// The rescuer's memory between looks: when the hashing threads were last seen getting the
+/// CPU, and the reading of their clocks that the current probe started from.
+struct Watch {
+    stall: Duration,
+    /// How long a probe reads the clocks over.
+    probe_for: Duration,
+    busy_at: Instant,
+    probe: Option<(Instant, Duration)>,
+}
+
+impl Watch {
+    fn new(stall: Duration) -> Self {
+        Self {
+            stall,
+            probe_for: stall / 5,
+            busy_at: Instant::now(),
+            probe: None,
+        }
+    }
+
+    /// Jobs stalled for `stall` (none finished, the threads not seen busy since) and the
+    /// hashing threads got less than a quarter of a core over a probe: rescue. A stall while
+    /// they are busy is a slow hash, left to its thread.
+    fn look(&mut self, state: &State) -> Look {
+        match Shared::stall_left(state, self.stall, self.busy_at) {
+            Some(left) if left.is_zero() => {}
+            left => {
+                self.probe = None;
+                return Look::Wait(left);
+            }
+        }
+        let Some(used) = cpu::used(&state.clocks) else {
+            // Where no clock can be read, a stall is taken for starvation.
+            return Look::Rescue;
+        };
+        let Some((since, before)) = self.probe else {
+            self.probe = Some((Instant::now(), used));
+            return Look::Wait(Some(self.probe_for));
+        };
+        let window = since.elapsed();
+        if window < self.probe_for {
+            return Look::Wait(Some(self.probe_for - window));
+        }
+        if used.saturating_sub(before) * STARVED_BELOW >= window {
+            self.probe = None;
+            self.busy_at = Instant::now();
+            return Look::Wait(Some(self.stall));
+        }
+        // Starved. The rescue's own run is the next probe's window, so a queue of starved jobs
+        // is worked through one after the other, each after a fresh reading.
+        self.probe = Some((Instant::now(), used));
+        Look::Rescue
     }
 }
 
@@ -299,5 +379,63 @@ fn lower_priority() {
     unsafe {
         let tid = libc::gettid();
         libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+    }
+}
+
+/// The CPU time of threads, read from other threads: what tells a starved hashing thread from
+/// one running a slow hash.
+mod cpu {
+    use std::time::Duration;
+
+    /// One thread's CPU-time clock.
+    pub(super) struct ThreadClock(#[cfg(target_os = "linux")] libc::clockid_t);
+
+    impl ThreadClock {
+        /// The calling thread's clock; `None` where the platform has none.
+        #[cfg(target_os = "linux")]
+        pub(super) fn current() -> Option<Self> {
+            let mut clock: libc::clockid_t = 0;
+            #[allow(unsafe_code)]
+            // SAFETY: pthread_self names the calling thread, which is alive; the call writes one
+            // clockid_t into `clock` and nothing else.
+            let found = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) };
+            (found == 0).then_some(Self(clock))
+        }
+
+        #[cfg(not(target_os = "linux"))]
+        pub(super) fn current() -> Option<Self> {
+            None
+        }
+
+        /// CPU time the thread has used. Read only while the pool's threads run: they end only
+        /// once the pool is closed, when the rescuer, the only reader, ends too.
+        #[cfg(target_os = "linux")]
+        fn used(&self) -> Option<Duration> {
+            let mut t = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            #[allow(unsafe_code)]
+            // SAFETY: clock_gettime writes one timespec into `t`; a clock of a thread that has
+            // ended makes it fail (EINVAL), not misbehave.
+            let read = unsafe { libc::clock_gettime(self.0, &mut t) };
+            let secs = u64::try_from(t.tv_sec).ok()?;
+            let nanos = u32::try_from(t.tv_nsec).ok()?;
+            (read == 0).then(|| Duration::new(secs, nanos))
+        }
+
+        #[cfg(not(target_os = "linux"))]
+        fn used(&self) -> Option<Duration> {
+            None
+        }
+    }
+
+    /// CPU time used by all of `clocks`' threads; `None` when there are none or one cannot be
+    /// read.
+    pub(super) fn used(clocks: &[ThreadClock]) -> Option<Duration> {
+        if clocks.is_empty() {
+            return None;
+        }
+        clocks.iter().map(ThreadClock::used).sum()
     }
 }
