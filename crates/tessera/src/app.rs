@@ -385,18 +385,54 @@ fn spawn_background(auth: Arc<Auth>) -> Vec<tokio::task::JoinHandle<()>> {
 }
 
 /// On an empty user table, creates `admin` with `TESSERA_ADMIN_PASSWORD` or a random password
-/// printed once on stderr.
-async fn bootstrap_admin(auth: &Auth, given: Option<SecretString>) -> anyhow::Result<()> {
-    if auth.user_count().await? > 0 {
-        return Ok(());
-    }
+/// printed once on stderr. A weak `TESSERA_ADMIN_PASSWORD` stops start-up when the table is
+/// empty; a user store that does not answer yet (PostgreSQL down) does not: the check is tried
+/// again in the background, after 1, 2, 4 and then every 10 s, until the store answers (and a
+/// weak password found then is logged as an error).
+async fn bootstrap_admin(auth: &Arc<Auth>, given: Option<SecretString>) -> anyhow::Result<()> {
     let (password, print) = match given {
         Some(p) => (p, false),
         None => (SecretString::from(b64(&random_32()[..18])), true),
     };
+    match first_admin(auth, &password, print).await {
+        Err(crate::service::AuthError::Unavailable) => {
+            tracing::warn!(
+                "the user store does not answer; the first admin is created once it does"
+            );
+            let auth = Arc::clone(auth);
+            tokio::spawn(async move {
+                // Each try that finds the store down logs a warning: back off to one per 10 s.
+                let mut wait = Duration::from_secs(1);
+                loop {
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(10));
+                    match first_admin(&auth, &password, print).await {
+                        Err(crate::service::AuthError::Unavailable) => continue,
+                        Err(e) => tracing::error!(error = %e, "cannot create the first admin user"),
+                        Ok(()) => {}
+                    }
+                    return;
+                }
+            });
+            Ok(())
+        }
+        done => done.context(
+            "cannot create the first admin user (is TESSERA_ADMIN_PASSWORD strong enough?)",
+        ),
+    }
+}
+
+/// Creates `admin` if there is no user at all.
+async fn first_admin(
+    auth: &Auth,
+    password: &SecretString,
+    print: bool,
+) -> Result<(), crate::service::AuthError> {
+    if auth.user_count().await? > 0 {
+        return Ok(());
+    }
     auth.create_user("admin", password.clone(), &["admin".to_owned()])
-        .await
-        .context("cannot create the first admin user (is TESSERA_ADMIN_PASSWORD strong enough?)")?;
+        .await?;
     if print {
         eprintln!(
             "tessera: first start, created user 'admin' with role admin; admin password: {}",
