@@ -154,11 +154,13 @@ async fn user(cmd: UserCommand, settings: &Settings) -> anyhow::Result<()> {
             println!("created user {} ({})", u.username, u.id);
         }
         UserCommand::List => {
+            // Read before printing anything: a store that fails leaves no half table behind.
+            let users = auth.list_users().await.map_err(explain)?;
             println!(
                 "{:<32} {:<36} {:<20} {:<8} created",
                 "username", "id", "roles", "state"
             );
-            for u in auth.list_users().await.map_err(explain)? {
+            for u in users {
                 println!(
                     "{:<32} {:<36} {:<20} {:<8} {}",
                     u.username,

@@ -441,6 +441,27 @@ async fn an_invalid_setting_stops_start_up_naming_the_key_and_its_source() {
     );
 }
 
+/// `user list` on a user store that does not answer fails with a message and prints nothing on
+/// stdout: it printed the table's header first (seen with PostgreSQL down).
+#[test]
+fn user_list_on_a_store_that_does_not_answer_fails_without_printing_half_a_table() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens there: a port just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    let out = tessera(dir.path())
+        .args(["user", "list", "--database-url"])
+        .arg(format!("postgres://postgres@127.0.0.1:{port}/tessera"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unavailable"), "{err}");
+}
+
 /// jemalloc reads its options from an exported symbol whose name depends on the allocator
 /// crate's prefix; a wrong name is silently ignored, and the memory figures in the README
 /// depend on these options. `stats_print` makes jemalloc print the options in force at exit.
