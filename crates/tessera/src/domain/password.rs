@@ -468,6 +468,11 @@ mod tests {
     /// A hasher with 1 MiB argon2 parameters on `threads` threads, each keeping its memory
     /// for `keep` after a job.
     fn cheap_on(threads: usize, keep: Duration) -> PasswordHasher {
+        cheap_tuned(threads, keep, pool::STALL)
+    }
+
+    /// The same, with the rescuer stepping in after `stall`.
+    fn cheap_tuned(threads: usize, keep: Duration, stall: Duration) -> PasswordHasher {
         let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
         PasswordHasher::tuned(
             params,
@@ -475,7 +480,7 @@ mod tests {
                 threads,
                 max_waiting: 8,
                 keep_memory_for: keep,
-                stall: pool::STALL,
+                stall,
             },
         )
         .unwrap_or_else(|_| unreachable!())
@@ -673,17 +678,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn hashes_run_in_the_idle_scheduling_class() {
-        let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
-        let h = PasswordHasher::tuned(
-            params,
-            pool::Tuning {
-                threads: 1,
-                max_waiting: 8,
-                keep_memory_for: KEEP_MEMORY_FOR,
-                stall: Duration::from_secs(3600),
-            },
-        )
-        .unwrap_or_else(|_| unreachable!());
+        let h = cheap_tuned(1, KEEP_MEMORY_FOR, Duration::from_secs(3600));
         #[allow(unsafe_code)]
         // SAFETY: sched_getscheduler(0) only reads the calling thread's policy.
         let policy = h.run(|_| unsafe { libc::sched_getscheduler(0) }).await;
@@ -742,17 +737,7 @@ mod tests {
         let _cores = CORES
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
-        let h = PasswordHasher::tuned(
-            params,
-            pool::Tuning {
-                threads: 1,
-                max_waiting: 8,
-                keep_memory_for: KEEP_MEMORY_FOR,
-                stall: Duration::from_millis(200),
-            },
-        )
-        .unwrap_or_else(|_| unreachable!());
+        let h = cheap_tuned(1, KEEP_MEMORY_FOR, Duration::from_millis(200));
         let runs = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&runs);
         let runtime = tokio::runtime::Builder::new_current_thread()

@@ -162,10 +162,8 @@ async fn a_redis_slowed_by_debug_sleep_gives_503_within_the_store_timeout() {
     stalled_redis_gives_503_in_time_then_heals(&["debug", "sleep", "2"]).await;
 }
 
-#[tokio::test]
-async fn started_while_redis_is_down_it_is_up_not_ready_and_becomes_ready_by_itself() {
-    let port = servers::free_port();
-    let app = spawn_on_redis(format!("redis://127.0.0.1:{port}")).await;
+/// A server whose store is down: alive (`/healthz`), not ready, logins 503 with `Retry-After`.
+async fn up_not_ready_refusing_logins(app: &TestApp) {
     assert_eq!(app.get_status("/healthz").await, StatusCode::OK);
     assert_eq!(
         app.get_status("/readyz").await,
@@ -174,6 +172,13 @@ async fn started_while_redis_is_down_it_is_up_not_ready_and_becomes_ready_by_its
     let res = app.login_raw("admin", ADMIN_PASSWORD).await;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert!(res.headers().contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn started_while_redis_is_down_it_is_up_not_ready_and_becomes_ready_by_itself() {
+    let port = servers::free_port();
+    let app = spawn_on_redis(format!("redis://127.0.0.1:{port}")).await;
+    up_not_ready_refusing_logins(&app).await;
     assert_eq!(
         app.get_status("/.well-known/jwks.json").await,
         StatusCode::SERVICE_UNAVAILABLE
@@ -296,14 +301,7 @@ async fn a_server_started_while_postgres_is_down_serves_503_and_heals_when_it_co
         &[("TESSERA_STORE_TIMEOUT", "500ms")],
     )
     .await;
-    assert_eq!(app.get_status("/healthz").await, StatusCode::OK);
-    assert_eq!(
-        app.get_status("/readyz").await,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
-    let res = app.login_raw("admin", ADMIN_PASSWORD).await;
-    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(res.headers().contains_key("retry-after"));
+    up_not_ready_refusing_logins(&app).await;
     pg.restart();
     // Ready once migrated; the first admin follows within a second (polled through the
     // service, since failed logins meanwhile would count against the login limits).
