@@ -31,6 +31,9 @@ const START_WAIT: Duration = Duration::from_secs(5);
 /// How often the background task tries again to reach and migrate the database.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
+/// How often it tries again once the database answers but refuses the migrations.
+const REFUSED_RETRY_EVERY: Duration = Duration::from_secs(30);
+
 /// The PostgreSQL user store.
 #[derive(Clone, Debug)]
 pub struct PgUserStore {
@@ -87,13 +90,14 @@ impl PgUserStore {
         Ok(store)
     }
 
-    /// Tries the migrations every [`RETRY_EVERY`] until they have run, or until the store is
-    /// dropped.
+    /// Tries the migrations every [`RETRY_EVERY`] (every [`REFUSED_RETRY_EVERY`] while the
+    /// database refuses them) until they have run, or until the store is dropped.
     fn migrate_in_background(&self) {
         let (pool, migrated) = (self.pool.clone(), Arc::downgrade(&self.migrated));
         tokio::spawn(async move {
+            let mut wait = RETRY_EVERY;
             loop {
-                tokio::time::sleep(RETRY_EVERY).await;
+                tokio::time::sleep(wait).await;
                 let Some(flag) = migrated.upgrade() else {
                     return;
                 };
@@ -104,9 +108,11 @@ impl PgUserStore {
                         return;
                     }
                     Ok(Err(e)) if !database_unreachable(&e) => {
+                        // An operator's to fix; said at this pace, not every second.
                         tracing::error!(error = %e, "cannot migrate the PostgreSQL database");
+                        wait = REFUSED_RETRY_EVERY;
                     }
-                    Ok(Err(_)) | Err(_) => {}
+                    Ok(Err(_)) | Err(_) => wait = RETRY_EVERY,
                 }
             }
         });
