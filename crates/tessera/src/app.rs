@@ -407,11 +407,13 @@ async fn bootstrap_admin(auth: &Arc<Auth>, given: Option<SecretString>) -> anyho
                     tokio::time::sleep(wait).await;
                     wait = (wait * 2).min(Duration::from_secs(10));
                     match first_admin(&auth, &password, print).await {
-                        Err(crate::service::AuthError::Unavailable) => continue,
-                        Err(e) => tracing::error!(error = %e, "cannot create the first admin user"),
-                        Ok(()) => {}
+                        Err(crate::service::AuthError::Unavailable) => {}
+                        Err(e) => {
+                            tracing::error!(error = %e, "cannot create the first admin user");
+                            return;
+                        }
+                        Ok(()) => return,
                     }
-                    return;
                 }
             });
             Ok(())

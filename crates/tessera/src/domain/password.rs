@@ -685,13 +685,13 @@ mod tests {
         assert_eq!(policy.ok(), Some(libc::SCHED_IDLE));
     }
 
-    /// Threads of the idle class get next to no CPU while normal threads take every core: the
-    /// rescuer (nice 10) answers the login instead, within a second or so here. Without it the
-    /// hash (~40 ms of CPU) took its starved thread well over the bound.
     /// Held by the tests whose outcome depends on who gets the CPU: the one that takes every
     /// core must not run beside the one that needs its hashing thread to get some.
     static CORES: Mutex<()> = Mutex::new(());
 
+    /// Threads of the idle class get next to no CPU while normal threads take every core: the
+    /// rescuer (nice 10) answers the login instead, within a second or so here. Without it the
+    /// hash (~40 ms of CPU) took its starved thread well over the bound.
     #[test]
     fn a_hash_is_answered_while_normal_threads_take_every_core() {
         use std::sync::atomic::AtomicBool;

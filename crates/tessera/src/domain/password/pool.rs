@@ -187,29 +187,6 @@ impl Shared {
         }
     }
 
-    /// How long until the jobs count as stalled: `Some(ZERO)` once the oldest has waited
-    /// `stall` with no hashing thread finishing one and none seen busy since `busy_at`; `None`
-    /// when no job waits.
-    fn stall_left(state: &State, stall: Duration, busy_at: Instant) -> Option<Duration> {
-        let oldest = state.jobs.front()?;
-        let stalled_for = oldest
-            .job
-            .since
-            .max(state.last_progress)
-            .max(busy_at)
-            .elapsed();
-        Some(stall.saturating_sub(stalled_for))
-    }
-
-    /// Marks the oldest job started by the rescuer and hands it over.
-    fn rescue(state: &mut State) -> Option<Arc<Job>> {
-        let oldest = state.jobs.front_mut()?;
-        oldest.started = true;
-        // Worth an operator's eye: the cores were saturated for a while.
-        metrics::counter!("tessera_password_hash_rescues_total").increment(1);
-        Some(Arc::clone(&oldest.job))
-    }
-
     /// `job` is done (answered, failed or skipped) on some thread; `progress` when that was a
     /// hashing thread.
     fn finished(&self, job: &Arc<Job>, progress: bool) {
@@ -220,6 +197,31 @@ impl Shared {
         if progress {
             state.last_progress = Instant::now();
         }
+    }
+}
+
+impl State {
+    /// How long until the jobs count as stalled: `Some(ZERO)` once the oldest has waited
+    /// `stall` with no hashing thread finishing one and none seen busy since `busy_at`; `None`
+    /// when no job waits.
+    fn stall_left(&self, stall: Duration, busy_at: Instant) -> Option<Duration> {
+        let oldest = self.jobs.front()?;
+        let stalled_for = oldest
+            .job
+            .since
+            .max(self.last_progress)
+            .max(busy_at)
+            .elapsed();
+        Some(stall.saturating_sub(stalled_for))
+    }
+
+    /// Marks the oldest job started by the rescuer and hands it over.
+    fn rescue(&mut self) -> Option<Arc<Job>> {
+        let oldest = self.jobs.front_mut()?;
+        oldest.started = true;
+        // Worth an operator's eye: the cores were saturated for a while.
+        metrics::counter!("tessera_password_hash_rescues_total").increment(1);
+        Some(Arc::clone(&oldest.job))
     }
 }
 
@@ -248,7 +250,7 @@ fn rescuer(shared: &Shared, mut memory: Memory, keep: Duration, stall: Duration)
                     return;
                 }
                 let mut wait = match watch.look(&state) {
-                    Look::Rescue => match Shared::rescue(&mut state) {
+                    Look::Rescue => match state.rescue() {
                         Some(job) => break job,
                         None => None,
                     },
@@ -313,7 +315,7 @@ impl Watch {
     /// hashing threads got less than a quarter of a core over a probe: rescue. A stall while
     /// they are busy is a slow hash, left to its thread.
     fn look(&mut self, state: &State) -> Look {
-        match Shared::stall_left(state, self.stall, self.busy_at) {
+        match state.stall_left(self.stall, self.busy_at) {
             Some(left) if left.is_zero() => {}
             left => {
                 self.probe = None;
