@@ -88,9 +88,10 @@ pub struct Settings {
     #[serde(default, deserialize_with = "duration")]
     pub session_cache_ttl: Duration,
     /// Password hashes (argon2id) computed at once; `0`, the default, means one per core, for
-    /// the most logins per second. Fewer leave cores to verification while logins pour in (a
-    /// lower verify p99 during a login burst, at fewer logins per second; see the README's
-    /// Performance section). Each busy thread holds 19 MiB.
+    /// the most logins per second. While other requests keep the runtime busy, one thread
+    /// fewer hashes, leaving a core to verification (see the README's "How it works"). Fewer
+    /// threads leave more cores (a lower verify p99 during a login burst, at fewer logins per
+    /// second; see the README's Performance section). Each busy thread holds 19 MiB.
     #[serde(default)]
     pub password_hash_threads: u16,
     /// Accepted clock skew on `exp`/`iat`.

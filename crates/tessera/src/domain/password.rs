@@ -27,6 +27,8 @@ use super::user::Username;
 
 mod pool;
 
+pub use pool::RequestLoad;
+
 /// Shortest accepted password, in Unicode code points.
 pub const MIN_LEN: usize = 8;
 /// Longest accepted password, in Unicode code points.
@@ -194,8 +196,14 @@ impl PasswordHasher {
     }
 
     /// A hasher with `concurrency` hashing threads (and the pool's rescuer: [`pool`]) and at
-    /// most `max_waiting` jobs queued or running.
-    pub fn new(params: Params, concurrency: usize, max_waiting: usize) -> Result<Self, HashError> {
+    /// most `max_waiting` jobs queued or running. Given how busy the request threads are
+    /// (`requests`), it leaves a core to them while they serve traffic.
+    pub fn new(
+        params: Params,
+        concurrency: usize,
+        max_waiting: usize,
+        requests: Option<RequestLoad>,
+    ) -> Result<Self, HashError> {
         Self::tuned(
             params,
             pool::Tuning {
@@ -203,6 +211,7 @@ impl PasswordHasher {
                 max_waiting,
                 keep_memory_for: KEEP_MEMORY_FOR,
                 stall: pool::STALL,
+                requests,
             },
         )
     }
@@ -481,6 +490,7 @@ mod tests {
                 max_waiting: 8,
                 keep_memory_for: keep,
                 stall,
+                requests: None,
             },
         )
         .unwrap_or_else(|_| unreachable!())
@@ -700,7 +710,7 @@ mod tests {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let cores = std::thread::available_parallelism().map_or(2, usize::from);
         let params = Params::new(19 * 1024, 4, 1, None).unwrap_or_else(|_| unreachable!());
-        let h = PasswordHasher::new(params, cores, 8).unwrap_or_else(|_| unreachable!());
+        let h = PasswordHasher::new(params, cores, 8, None).unwrap_or_else(|_| unreachable!());
         let stop = Arc::new(AtomicBool::new(false));
         let spinners: Vec<_> = (0..cores)
             .map(|_| {
@@ -754,13 +764,53 @@ mod tests {
         assert_eq!(runs.load(Ordering::SeqCst), 1, "the job ran more than once");
     }
 
+    /// A pool of two threads given `requests` as the request threads' busy time; returns the
+    /// most jobs it ran at once out of four submitted together, each holding its thread 100 ms.
+    fn most_at_once(requests: RequestLoad) -> usize {
+        let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
+        let h =
+            PasswordHasher::new(params, 2, 8, Some(requests)).unwrap_or_else(|_| unreachable!());
+        // The first reading covers the pool's first 50 ms.
+        std::thread::sleep(Duration::from_millis(60));
+        let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let jobs = (0..4).map(|_| {
+            let (now, most) = (Arc::clone(&now), Arc::clone(&most));
+            h.run(move |_| {
+                most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(100));
+                now.fetch_sub(1, Ordering::SeqCst);
+            })
+        });
+        let done = runtime.block_on(futures_util::future::join_all(jobs));
+        assert!(done.iter().all(Result::is_ok));
+        most.load(Ordering::SeqCst)
+    }
+
+    /// While the request threads are busy (here: a whole core, all along), one of the two
+    /// hashing threads stays idle and the jobs run one at a time, leaving a core to requests.
+    #[test]
+    fn while_requests_keep_a_core_busy_the_pool_hashes_on_one_core_fewer() {
+        let started = std::time::Instant::now();
+        assert_eq!(most_at_once(Box::new(move || started.elapsed())), 1);
+    }
+
+    /// With no request traffic (a login burst alone), every hashing thread hashes.
+    #[test]
+    fn with_no_request_traffic_every_hashing_thread_hashes() {
+        assert_eq!(most_at_once(Box::new(|| Duration::ZERO)), 2);
+    }
+
     /// A caller that stops waiting (its future dropped: a request past its deadline, a cancelled
     /// task) gives its place in the queue back once its job has run or been skipped: otherwise
     /// 64 logins abandoned mid-hash would refuse every login after them with 503 until a restart.
     #[tokio::test]
     async fn a_caller_that_stops_waiting_gives_its_place_in_the_queue_back() {
         let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
-        let h = PasswordHasher::new(params, 1, 1).unwrap_or_else(|_| unreachable!());
+        let h = PasswordHasher::new(params, 1, 1, None).unwrap_or_else(|_| unreachable!());
         // A job that holds its thread until let go: still running when its caller leaves.
         let (let_go, gate) = std::sync::mpsc::channel::<()>();
         let gate = Mutex::new(gate);
@@ -792,7 +842,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_is_refused_instead_of_growing() {
         let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
-        let h = PasswordHasher::new(params, 1, 0).unwrap_or_else(|_| unreachable!());
+        let h = PasswordHasher::new(params, 1, 0, None).unwrap_or_else(|_| unreachable!());
         assert!(matches!(
             h.hash("whatever password".into()).await,
             Err(HashError::Overloaded)

@@ -21,6 +21,14 @@
 //!
 //! Where the idle class is refused (not Linux, a seccomp policy) the hashing threads run at
 //! nice 10, as the rescuer does.
+//!
+//! The idle class is not enough on its own: a request thread woken on a core that is busy,
+//! even with an idle-class thread, waits for a reschedule interrupt, where one woken on an idle
+//! core runs at once. With every core hashing, verify p99 during a login burst rose to
+//! 2.0–2.4× its idle value on the project's 2-vCPU VM; with one core left free, 1.5–1.9×. So
+//! while requests keep their threads busy ([`RequestLoad`]), at most one thread fewer than
+//! the pool's hashes at once (never fewer than one); with no such traffic every thread hashes,
+//! and a login burst alone gets every core.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -38,6 +46,20 @@ pub(super) const STALL: Duration = Duration::from_millis(250);
 /// are starved (the idle class gets ~0.3% of a core beside one busy normal thread); a thread
 /// hashing on a core of its own gets all of it.
 const STARVED_BELOW: u32 = 4; // 1/4 of a core
+
+/// How often, at most, the pool reads how busy the request threads are, and the window that
+/// reading covers: short against a burst of logins (a hash takes ~20 ms), long enough for the
+/// reading to mean something.
+const LOAD_SAMPLE: Duration = Duration::from_millis(50);
+
+/// Request threads busy for at least this share of one core (1/10) count as traffic to leave a
+/// core to. Logins alone stay below it: ~100 µs of request work per login (an EdDSA signature
+/// among it) at 100 logins/s is 1%.
+const TRAFFIC_AT: u32 = 10;
+
+/// The total time the threads that serve requests have spent busy so far (for tokio, the sum of
+/// its workers' busy durations): how the pool tells request traffic from a login burst alone.
+pub type RequestLoad = Box<dyn Fn() -> Duration + Send>;
 
 /// What a job does on a thread's memory; it delivers its own answer (so a second run of it,
 /// by the rescuer, can find the answer given and skip the work).
@@ -58,6 +80,8 @@ pub(super) struct Tuning {
     pub keep_memory_for: Duration,
     /// [`STALL`], but for tests.
     pub stall: Duration,
+    /// How busy the request threads are; `None` hashes on every thread always.
+    pub requests: Option<RequestLoad>,
 }
 
 struct Shared {
@@ -67,6 +91,8 @@ struct Shared {
     /// The rescuer waits here.
     watch: Condvar,
     max_waiting: usize,
+    /// Hashing threads (the rescuer not counted).
+    threads: usize,
 }
 
 struct State {
@@ -78,6 +104,10 @@ struct State {
     last_progress: Instant,
     /// The hashing threads' CPU clocks (empty where the platform has none).
     clocks: Vec<cpu::ThreadClock>,
+    /// Jobs a hashing thread is running now.
+    hashing: usize,
+    /// Whether requests are being served, as last read.
+    traffic: Option<Traffic>,
     /// The pool was dropped: the threads end.
     closed: bool,
 }
@@ -100,14 +130,17 @@ impl Pool {
                 jobs: VecDeque::new(),
                 last_progress: Instant::now(),
                 clocks: Vec::new(),
+                hashing: 0,
+                traffic: tuning.requests.map(Traffic::new),
                 closed: false,
             }),
             work: Condvar::new(),
             watch: Condvar::new(),
             max_waiting: tuning.max_waiting,
+            threads: tuning.threads.max(1),
         });
         let keep = tuning.keep_memory_for;
-        for i in 0..tuning.threads.max(1) {
+        for i in 0..shared.threads {
             let (shared, memory) = (Arc::clone(&shared), memory());
             std::thread::Builder::new()
                 .name(format!("tessera-hash-{i}"))
@@ -163,9 +196,19 @@ impl Shared {
             if state.closed {
                 return None;
             }
-            if let Some(entry) = state.jobs.iter_mut().find(|e| !e.started) {
-                entry.started = true;
-                return Some(Arc::clone(&entry.job));
+            if let Some(i) = state.jobs.iter().position(|e| !e.started) {
+                if state.may_start(self.threads) {
+                    state.hashing += 1;
+                    state.jobs[i].started = true;
+                    return Some(Arc::clone(&state.jobs[i].job));
+                }
+                // Held back to leave a core to requests: look again when the load is read anew
+                // (a finishing hash takes the next job on its own thread meanwhile).
+                state = self
+                    .work
+                    .wait_timeout(state, LOAD_SAMPLE)
+                    .map_or_else(|e| e.into_inner().0, |(s, _)| s);
+                continue;
             }
             if !memory.is_held() {
                 state = self
@@ -196,6 +239,7 @@ impl Shared {
         }
         if progress {
             state.last_progress = Instant::now();
+            state.hashing -= 1;
         }
     }
 }
@@ -215,6 +259,12 @@ impl State {
         Some(stall.saturating_sub(stalled_for))
     }
 
+    /// Whether a hashing thread may start a job now: always while another thread of the pool
+    /// stays idle, and on the last one only while the request threads are not busy.
+    fn may_start(&mut self, threads: usize) -> bool {
+        self.hashing + 1 < threads.max(2) || !self.traffic.as_mut().is_some_and(Traffic::busy)
+    }
+
     /// Marks the oldest job started by the rescuer and hands it over.
     fn rescue(&mut self) -> Option<Arc<Job>> {
         let oldest = self.jobs.front_mut()?;
@@ -222,6 +272,43 @@ impl State {
         // Worth an operator's eye: the cores were saturated for a while.
         metrics::counter!("tessera_password_hash_rescues_total").increment(1);
         Some(Arc::clone(&oldest.job))
+    }
+}
+
+/// Readings of [`RequestLoad`].
+struct Traffic {
+    load: RequestLoad,
+    /// The last reading: when, and the busy time then.
+    read_at: Instant,
+    busy_then: Duration,
+    /// The verdict of the last reading.
+    busy: bool,
+}
+
+impl Traffic {
+    fn new(load: RequestLoad) -> Self {
+        let busy_then = load();
+        Self {
+            load,
+            read_at: Instant::now(),
+            busy_then,
+            busy: false,
+        }
+    }
+
+    /// Whether the request threads were busy for [`TRAFFIC_AT`] of a core since the reading
+    /// before, read at most every [`LOAD_SAMPLE`]. The pool reads only while jobs wait, so a
+    /// reading may cover a long quiet spell: the first jobs of a burst then see the average,
+    /// and the next reading, 50 ms on, sees the burst.
+    fn busy(&mut self) -> bool {
+        let window = self.read_at.elapsed();
+        if window >= LOAD_SAMPLE {
+            let now = (self.load)();
+            self.busy = now.saturating_sub(self.busy_then) * TRAFFIC_AT >= window;
+            self.read_at = Instant::now();
+            self.busy_then = now;
+        }
+        self.busy
     }
 }
 
