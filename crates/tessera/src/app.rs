@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use crate::config::Settings;
 use crate::domain::clock::{Clock, SystemClock};
 use crate::domain::jwt::TokenSettings;
-use crate::domain::password::{PasswordHasher, RequestLoad};
+use crate::domain::password::PasswordHasher;
 use crate::domain::secret::{b64, random_32};
 use crate::http::browser::Cookies;
 use crate::http::pages::Templates;
@@ -143,29 +143,11 @@ pub async fn open_service(settings: &Settings, clock: Arc<dyn Clock>) -> anyhow:
         PasswordHasher::owasp_params(),
         threads,
         HASH_QUEUE,
-        request_load(),
+        Some(Box::new(crate::observability::requests_taken)),
     )?;
     Ok(Arc::new(
         Auth::new(stores, hasher, clock, policy(settings)).await?,
     ))
-}
-
-/// How busy the runtime's workers, which serve every request, have been: the sum of their busy
-/// time, which tokio keeps anyway. Read by the hashing pool (a few atomic loads, every 50 ms
-/// at most while logins queue) to leave a core to requests while they flow.
-#[cfg(target_has_atomic = "64")]
-fn request_load() -> Option<RequestLoad> {
-    let metrics = tokio::runtime::Handle::try_current().ok()?.metrics();
-    Some(Box::new(move || {
-        (0..metrics.num_workers())
-            .map(|w| metrics.worker_total_busy_duration(w))
-            .sum()
-    }))
-}
-
-#[cfg(not(target_has_atomic = "64"))]
-fn request_load() -> Option<RequestLoad> {
-    None
 }
 
 fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
@@ -503,43 +485,5 @@ fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(not(unix))]
     async {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::{Duration, Instant};
-
-    /// The hashing pool's view of request traffic is the runtime workers' busy time: a task
-    /// that keeps a worker busy for 100 ms shows as (about) 100 ms more.
-    #[cfg(target_has_atomic = "64")]
-    #[test]
-    fn request_load_is_the_time_the_runtime_workers_spent_busy() {
-        assert!(super::request_load().is_none(), "no runtime, no reading");
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .unwrap_or_else(|e| panic!("{e}"));
-        let load = runtime
-            .block_on(async { super::request_load() })
-            .unwrap_or_else(|| panic!("inside a runtime"));
-        let before = load();
-        let busy = runtime.spawn(async {
-            let started = Instant::now();
-            while started.elapsed() < Duration::from_millis(100) {
-                std::hint::spin_loop();
-            }
-        });
-        assert!(runtime.block_on(busy).is_ok());
-        // A worker hands its figures over when it parks, right after the task.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while load() - before < Duration::from_millis(100) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let counted = load() - before;
-        assert!(
-            counted >= Duration::from_millis(100) && counted < Duration::from_secs(2),
-            "{counted:?}"
-        );
     }
 }

@@ -88,8 +88,8 @@ pub struct Settings {
     #[serde(default, deserialize_with = "duration")]
     pub session_cache_ttl: Duration,
     /// Password hashes (argon2id) computed at once; `0`, the default, means one per core, for
-    /// the most logins per second. While other requests keep the runtime busy, one thread
-    /// fewer hashes, leaving a core to verification (see the README's "How it works"). Fewer
+    /// the most logins per second. While over 1,000 other requests a second come in, one
+    /// thread fewer hashes, leaving a core to verification (see the README's "How it works"). Fewer
     /// threads leave more cores (a lower verify p99 during a login burst, at fewer logins per
     /// second; see the README's Performance section). Each busy thread holds 19 MiB.
     #[serde(default)]

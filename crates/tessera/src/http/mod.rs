@@ -263,7 +263,10 @@ where
 
         let headers = req.headers_mut();
         let id = match headers.get(&REQUEST_ID) {
-            Some(id) => id.clone(),
+            Some(id) => {
+                self.ids.count();
+                id.clone()
+            }
             None => {
                 let id = self.ids.next();
                 headers.insert(REQUEST_ID, id.clone());
@@ -360,6 +363,30 @@ mod tests {
             )
             .await;
         assert_opaque_500(res.unwrap_or_else(|e| match e {})).await;
+    }
+
+    /// Every request is counted once, with an id of its own or without: the count the hashing
+    /// pool reads to tell request traffic from logins alone.
+    #[tokio::test]
+    async fn every_request_is_counted_once_with_or_without_an_id() {
+        async fn ok() -> &'static str {
+            "ok"
+        }
+        let app = service(Router::new().route("/", get(ok)), 1024);
+        let before = crate::observability::requests_taken();
+        for id in [None, Some("from-the-proxy"), None] {
+            let mut req = Request::get("/");
+            if let Some(id) = id {
+                req = req.header(REQUEST_ID, id);
+            }
+            let res = app
+                .clone()
+                .oneshot(req.body(Body::empty()).unwrap_or_default())
+                .await;
+            assert!(res.is_ok_and(|r| r.status() == StatusCode::OK));
+        }
+        // Other tests of this binary may count theirs meanwhile.
+        assert!(crate::observability::requests_taken() - before >= 3);
     }
 
     /// A 500 under the header policy, with the request id, whose JSON body says nothing of the

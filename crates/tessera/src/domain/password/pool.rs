@@ -26,9 +26,9 @@
 //! even with an idle-class thread, waits for a reschedule interrupt, where one woken on an idle
 //! core runs at once. With every core hashing, verify p99 during a login burst rose to
 //! 2.0–2.4× its idle value on the project's 2-vCPU VM; with one core left free, 1.5–1.9×. So
-//! while requests keep their threads busy ([`RequestLoad`]), at most one thread fewer than
-//! the pool's hashes at once (never fewer than one); with no such traffic every thread hashes,
-//! and a login burst alone gets every core.
+//! while other requests than logins come in ([`RequestLoad`], [`TRAFFIC_PER_SECOND`]), at
+//! most one thread fewer than the pool's hashes at once (never fewer than one); with no such
+//! traffic every thread hashes, and a login burst alone gets every core.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -47,19 +47,17 @@ pub(super) const STALL: Duration = Duration::from_millis(250);
 /// hashing on a core of its own gets all of it.
 const STARVED_BELOW: u32 = 4; // 1/4 of a core
 
-/// How often, at most, the pool reads how busy the request threads are, and the window that
-/// reading covers: short against a burst of logins (a hash takes ~20 ms), long enough for the
-/// reading to mean something.
+/// How often, at most, the pool reads the request count, and the window that reading covers:
+/// short against a burst of logins (a hash takes ~20 ms), long enough to count something.
 const LOAD_SAMPLE: Duration = Duration::from_millis(50);
 
-/// Request threads busy for at least this share of one core (1/10) count as traffic to leave a
-/// core to. Logins alone stay below it: ~100 µs of request work per login (an EdDSA signature
-/// among it) at 100 logins/s is 1%.
-const TRAFFIC_AT: u32 = 10;
+/// Requests a second other than the logins themselves (requests that queued no hash) that count
+/// as traffic to leave a core to: a few percent of a core of verification.
+const TRAFFIC_PER_SECOND: u64 = 1_000;
 
-/// The total time the threads that serve requests have spent busy so far (for tokio, the sum of
-/// its workers' busy durations): how the pool tells request traffic from a login burst alone.
-pub type RequestLoad = Box<dyn Fn() -> Duration + Send>;
+/// How many requests the server has taken so far (every route, logins included): how the pool
+/// tells request traffic from a login burst alone, whose requests match its hashes.
+pub type RequestLoad = Box<dyn Fn() -> u64 + Send>;
 
 /// What a job does on a thread's memory; it delivers its own answer (so a second run of it,
 /// by the rescuer, can find the answer given and skip the work).
@@ -80,7 +78,7 @@ pub(super) struct Tuning {
     pub keep_memory_for: Duration,
     /// [`STALL`], but for tests.
     pub stall: Duration,
-    /// How busy the request threads are; `None` hashes on every thread always.
+    /// The server's request count; `None` hashes on every thread always.
     pub requests: Option<RequestLoad>,
 }
 
@@ -106,6 +104,8 @@ struct State {
     clocks: Vec<cpu::ThreadClock>,
     /// Jobs a hashing thread is running now.
     hashing: usize,
+    /// Jobs ever submitted.
+    submitted: u64,
     /// Whether requests are being served, as last read.
     traffic: Option<Traffic>,
     /// The pool was dropped: the threads end.
@@ -131,6 +131,7 @@ impl Pool {
                 last_progress: Instant::now(),
                 clocks: Vec::new(),
                 hashing: 0,
+                submitted: 0,
                 traffic: tuning.requests.map(Traffic::new),
                 closed: false,
             }),
@@ -167,6 +168,7 @@ impl Pool {
             job,
             started: false,
         });
+        state.submitted += 1;
         drop(state);
         self.shared.work.notify_one();
         self.shared.watch.notify_one();
@@ -260,9 +262,11 @@ impl State {
     }
 
     /// Whether a hashing thread may start a job now: always while another thread of the pool
-    /// stays idle, and on the last one only while the request threads are not busy.
+    /// stays idle, and on the last one only while no traffic but logins comes in.
     fn may_start(&mut self, threads: usize) -> bool {
-        self.hashing + 1 < threads.max(2) || !self.traffic.as_mut().is_some_and(Traffic::busy)
+        let submitted = self.submitted;
+        self.hashing + 1 < threads.max(2)
+            || !self.traffic.as_mut().is_some_and(|t| t.busy(submitted))
     }
 
     /// Marks the oldest job started by the rescuer and hands it over.
@@ -278,35 +282,41 @@ impl State {
 /// Readings of [`RequestLoad`].
 struct Traffic {
     load: RequestLoad,
-    /// The last reading: when, and the busy time then.
+    /// The last reading: when, the request count and the jobs submitted then.
     read_at: Instant,
-    busy_then: Duration,
+    requests_then: u64,
+    jobs_then: u64,
     /// The verdict of the last reading.
     busy: bool,
 }
 
 impl Traffic {
     fn new(load: RequestLoad) -> Self {
-        let busy_then = load();
+        let requests_then = load();
         Self {
             load,
             read_at: Instant::now(),
-            busy_then,
+            requests_then,
+            jobs_then: 0,
             busy: false,
         }
     }
 
-    /// Whether the request threads were busy for [`TRAFFIC_AT`] of a core since the reading
-    /// before, read at most every [`LOAD_SAMPLE`]. The pool reads only while jobs wait, so a
-    /// reading may cover a long quiet spell: the first jobs of a burst then see the average,
-    /// and the next reading, 50 ms on, sees the burst.
-    fn busy(&mut self) -> bool {
+    /// Whether more than [`TRAFFIC_PER_SECOND`] requests that queued no hash came in since the
+    /// reading before (`jobs`: the jobs submitted so far), read at most every [`LOAD_SAMPLE`].
+    /// The pool reads only while jobs wait, so a reading may cover a long quiet spell: the first
+    /// jobs of a burst then see the average, and the next reading, 50 ms on, sees the burst.
+    fn busy(&mut self, jobs: u64) -> bool {
         let window = self.read_at.elapsed();
         if window >= LOAD_SAMPLE {
-            let now = (self.load)();
-            self.busy = now.saturating_sub(self.busy_then) * TRAFFIC_AT >= window;
+            let requests = (self.load)();
+            let others = requests
+                .saturating_sub(self.requests_then)
+                .saturating_sub(jobs.saturating_sub(self.jobs_then));
+            self.busy = u128::from(others) * 1_000_000
+                >= u128::from(TRAFFIC_PER_SECOND) * window.as_micros();
             self.read_at = Instant::now();
-            self.busy_then = now;
+            (self.requests_then, self.jobs_then) = (requests, jobs);
         }
         self.busy
     }
@@ -526,5 +536,35 @@ mod cpu {
             return None;
         }
         clocks.iter().map(ThreadClock::used).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use super::{LOAD_SAMPLE, Traffic};
+
+    /// Requests that queued a hash (logins) are not traffic, however many; the same number of
+    /// other requests in the same time is. Readings come no more often than every 50 ms.
+    #[test]
+    fn only_requests_that_queued_no_hash_count_as_traffic() {
+        let requests = Arc::new(AtomicU64::new(0));
+        let read = Arc::clone(&requests);
+        let mut traffic = Traffic::new(Box::new(move || read.load(Ordering::SeqCst)));
+        let after_a_window = || std::thread::sleep(LOAD_SAMPLE + Duration::from_millis(10));
+
+        requests.store(500, Ordering::SeqCst);
+        after_a_window();
+        assert!(!traffic.busy(500), "500 logins, 500 hashes");
+        requests.store(1000, Ordering::SeqCst);
+        after_a_window();
+        assert!(traffic.busy(500), "500 other requests in ~60 ms");
+        requests.store(2000, Ordering::SeqCst);
+        assert!(traffic.busy(500), "not read again within 50 ms");
+        after_a_window();
+        assert!(!traffic.busy(1500), "1000 more logins");
     }
 }
