@@ -24,8 +24,9 @@
 //!
 //! The idle class is not enough on its own: a request thread woken on a core that is busy,
 //! even with an idle-class thread, waits for a reschedule interrupt, where one woken on an idle
-//! core runs at once. With every core hashing, verify p99 during a login burst rose to
-//! 2.0–2.4× its idle value on the project's 2-vCPU VM; with one core left free, 1.5–1.9×. So
+//! core runs at once. In every run of the harness on the project's 2-vCPU VM, one hashing
+//! thread kept the verify p99 during a login burst lower than one per core (1.75× its idle
+//! value against 2.20×, 1.76× against 2.11×; bench/NOTES.md), at half the logins a second. So
 //! while other requests than logins come in ([`RequestLoad`], [`TRAFFIC_PER_SECOND`]), at
 //! most one thread fewer than the pool's hashes at once (never fewer than one); with no such
 //! traffic every thread hashes, and a login burst alone gets every core.
