@@ -772,7 +772,18 @@ mod tests {
         let counted = Arc::clone(&logins);
         let load = Box::new(move || requests() + counted.load(Ordering::SeqCst));
         let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
-        let h = PasswordHasher::new(params, 2, 8, Some(load)).unwrap_or_else(|_| unreachable!());
+        // A stall bound far off: neither the rescuer nor a stall lifts the hold-back here.
+        let h = PasswordHasher::tuned(
+            params,
+            pool::Tuning {
+                threads: 2,
+                max_waiting: 8,
+                keep_memory_for: KEEP_MEMORY_FOR,
+                stall: Duration::from_secs(10),
+                requests: Some(load),
+            },
+        )
+        .unwrap_or_else(|_| unreachable!());
         // The first reading covers the pool's first 50 ms.
         std::thread::sleep(Duration::from_millis(60));
         let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -810,6 +821,52 @@ mod tests {
     #[test]
     fn a_login_burst_alone_gets_every_hashing_thread() {
         assert_eq!(most_at_once(|| 0), 2);
+    }
+
+    /// The core left to requests is not held back behind a slow hash: while the one hashing
+    /// thread runs a job that takes long (an imported hash costlier than ours; here 1.2 s of
+    /// CPU), a login queued behind it starts on the other thread once no hash has finished for
+    /// the stall bound (200 ms here), traffic or not. (Held back, it waited the 1.2 s.)
+    #[test]
+    fn a_slow_hash_does_not_hold_up_the_logins_behind_it_while_requests_come_in() {
+        let _cores = CORES
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let started = std::time::Instant::now();
+        let requests = move || u64::try_from(started.elapsed().as_millis() * 10).unwrap_or(0);
+        let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
+        let h = PasswordHasher::tuned(
+            params,
+            pool::Tuning {
+                threads: 2,
+                max_waiting: 8,
+                keep_memory_for: KEEP_MEMORY_FOR,
+                stall: Duration::from_millis(200),
+                requests: Some(Box::new(requests)),
+            },
+        )
+        .unwrap_or_else(|_| unreachable!());
+        // Past the first reading, so the pool sees the traffic.
+        std::thread::sleep(Duration::from_millis(60));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let slow = h.run(|_| {
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_millis(1200) {
+                std::hint::spin_loop();
+            }
+        });
+        let queued = std::time::Instant::now();
+        let quick = h.run(move |_| queued.elapsed());
+        let (slow, waited) = runtime.block_on(futures_util::future::join(slow, quick));
+        assert!(slow.is_ok());
+        let waited = waited.unwrap_or(Duration::MAX);
+        assert!(
+            waited < Duration::from_millis(800),
+            "the login waited {waited:?}"
+        );
     }
 
     /// A caller that stops waiting (its future dropped: a request past its deadline, a cancelled

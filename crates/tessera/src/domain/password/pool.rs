@@ -29,7 +29,9 @@
 //! value against 2.20×, 1.76× against 2.11×; bench/NOTES.md), at half the logins a second. So
 //! while other requests than logins come in ([`RequestLoad`], [`TRAFFIC_PER_SECOND`]), at
 //! most one thread fewer than the pool's hashes at once (never fewer than one); with no such
-//! traffic every thread hashes, and a login burst alone gets every core.
+//! traffic every thread hashes, and a login burst alone gets every core. Nor is a core held
+//! back from logins while hashes stall (none finished for [`STALL`]): a slow imported hash on
+//! the one thread left would hold up the logins queued behind it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -92,6 +94,8 @@ struct Shared {
     max_waiting: usize,
     /// Hashing threads (the rescuer not counted).
     threads: usize,
+    /// [`Tuning::stall`].
+    stall: Duration,
 }
 
 struct State {
@@ -140,6 +144,7 @@ impl Pool {
             watch: Condvar::new(),
             max_waiting: tuning.max_waiting,
             threads: tuning.threads.max(1),
+            stall: tuning.stall,
         });
         let keep = tuning.keep_memory_for;
         for i in 0..shared.threads {
@@ -200,7 +205,7 @@ impl Shared {
                 return None;
             }
             if let Some(i) = state.jobs.iter().position(|e| !e.started) {
-                if state.may_start(self.threads) {
+                if state.may_start(self.threads, self.stall) {
                     state.hashing += 1;
                     state.jobs[i].started = true;
                     return Some(Arc::clone(&state.jobs[i].job));
@@ -263,10 +268,12 @@ impl State {
     }
 
     /// Whether a hashing thread may start a job now: always while another thread of the pool
-    /// stays idle, and on the last one only while no traffic but logins comes in.
-    fn may_start(&mut self, threads: usize) -> bool {
+    /// stays idle, and on the last one while no traffic but logins comes in or while the hashes
+    /// running have not finished one for `stall`.
+    fn may_start(&mut self, threads: usize, stall: Duration) -> bool {
         let submitted = self.submitted;
         self.hashing + 1 < threads.max(2)
+            || self.last_progress.elapsed() >= stall
             || !self.traffic.as_mut().is_some_and(|t| t.busy(submitted))
     }
 
