@@ -824,9 +824,10 @@ mod tests {
     }
 
     /// The core left to requests is not held back behind a slow hash: while the one hashing
-    /// thread runs a job that takes long (an imported hash costlier than ours; here 1.2 s of
-    /// CPU), a login queued behind it starts on the other thread once no hash has finished for
-    /// the stall bound (200 ms here), traffic or not. (Held back, it waited the 1.2 s.)
+    /// thread runs a job that takes long on the CPU it gets (an imported hash costlier than
+    /// ours; here 1.2 s), a login queued behind it starts on the other thread once the rescuer
+    /// has seen the stall (200 ms here) and the thread busy, traffic or not. (Held back, it
+    /// waited the 1.2 s.)
     #[test]
     fn a_slow_hash_does_not_hold_up_the_logins_behind_it_while_requests_come_in() {
         let _cores = CORES

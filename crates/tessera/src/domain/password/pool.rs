@@ -30,8 +30,8 @@
 //! while other requests than logins come in ([`RequestLoad`], [`TRAFFIC_PER_SECOND`]), at
 //! most one thread fewer than the pool's hashes at once (never fewer than one); with no such
 //! traffic every thread hashes, and a login burst alone gets every core. Nor is a core held
-//! back from logins while hashes stall (none finished for [`STALL`]): a slow imported hash on
-//! the one thread left would hold up the logins queued behind it.
+//! back behind a slow hash (an imported one costlier than ours, which the rescuer's probe tells
+//! from a starved one): it would hold up every login queued behind it.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -94,8 +94,6 @@ struct Shared {
     max_waiting: usize,
     /// Hashing threads (the rescuer not counted).
     threads: usize,
-    /// [`Tuning::stall`].
-    stall: Duration,
 }
 
 struct State {
@@ -120,6 +118,9 @@ struct State {
 struct Entry {
     job: Arc<Job>,
     started: bool,
+    /// The rescuer found the jobs stalled while this one ran with its thread getting the CPU:
+    /// a slow hash, beside which the thread held back for requests may start the next job.
+    slow: bool,
 }
 
 struct Job {
@@ -144,7 +145,6 @@ impl Pool {
             watch: Condvar::new(),
             max_waiting: tuning.max_waiting,
             threads: tuning.threads.max(1),
-            stall: tuning.stall,
         });
         let keep = tuning.keep_memory_for;
         for i in 0..shared.threads {
@@ -173,6 +173,7 @@ impl Pool {
         state.jobs.push_back(Entry {
             job,
             started: false,
+            slow: false,
         });
         state.submitted += 1;
         drop(state);
@@ -205,7 +206,7 @@ impl Shared {
                 return None;
             }
             if let Some(i) = state.jobs.iter().position(|e| !e.started) {
-                if state.may_start(self.threads, self.stall) {
+                if state.may_start(self.threads) {
                     state.hashing += 1;
                     state.jobs[i].started = true;
                     return Some(Arc::clone(&state.jobs[i].job));
@@ -268,12 +269,11 @@ impl State {
     }
 
     /// Whether a hashing thread may start a job now: always while another thread of the pool
-    /// stays idle, and on the last one while no traffic but logins comes in or while the hashes
-    /// running have not finished one for `stall`.
-    fn may_start(&mut self, threads: usize, stall: Duration) -> bool {
+    /// stays idle, and on the last one while no traffic but logins comes in or a slow hash runs.
+    fn may_start(&mut self, threads: usize) -> bool {
         let submitted = self.submitted;
         self.hashing + 1 < threads.max(2)
-            || self.last_progress.elapsed() >= stall
+            || self.jobs.iter().any(|e| e.slow)
             || !self.traffic.as_mut().is_some_and(|t| t.busy(submitted))
     }
 
@@ -359,6 +359,13 @@ fn rescuer(shared: &Shared, mut memory: Memory, keep: Duration, stall: Duration)
                         Some(job) => break job,
                         None => None,
                     },
+                    Look::Slow(wait) => {
+                        if let Some(running) = state.jobs.iter_mut().find(|e| e.started) {
+                            running.slow = true;
+                            shared.work.notify_one();
+                        }
+                        Some(wait)
+                    }
                     Look::Wait(wait) => wait,
                 };
                 if memory.is_held() {
@@ -392,6 +399,8 @@ fn rescuer(shared: &Shared, mut memory: Memory, keep: Duration, stall: Duration)
 enum Look {
     /// Run the oldest job now.
     Rescue,
+    /// A slow hash has its thread's CPU: leave it, and look again after this long.
+    Slow(Duration),
     /// Look again after this long (`None`: when woken).
     Wait(Option<Duration>),
 }
@@ -442,7 +451,7 @@ impl Watch {
         if used.saturating_sub(before) * STARVED_BELOW >= window {
             self.probe = None;
             self.busy_at = Instant::now();
-            return Look::Wait(Some(self.stall));
+            return Look::Slow(self.stall);
         }
         // Starved. The rescue's own run is the next probe's window, so a queue of starved jobs
         // is worked through one after the other, each after a fresh reading.
