@@ -482,6 +482,16 @@ mod tests {
 
     /// The same, with the rescuer stepping in after `stall`.
     fn cheap_tuned(threads: usize, keep: Duration, stall: Duration) -> PasswordHasher {
+        cheap_pool(threads, keep, stall, None)
+    }
+
+    /// The same, with the pool seeing `requests` as the server's request count.
+    fn cheap_pool(
+        threads: usize,
+        keep: Duration,
+        stall: Duration,
+        requests: Option<RequestLoad>,
+    ) -> PasswordHasher {
         let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
         PasswordHasher::tuned(
             params,
@@ -490,10 +500,27 @@ mod tests {
                 max_waiting: 8,
                 keep_memory_for: keep,
                 stall,
-                requests: None,
+                requests,
             },
         )
         .unwrap_or_else(|_| unreachable!())
+    }
+
+    /// Two hashing threads whose pool sees `requests` as the request count, returned once past
+    /// the pool's first reading of it (which covers its first 50 ms).
+    fn two_threads_seeing(
+        requests: impl Fn() -> u64 + Send + 'static,
+        stall: Duration,
+    ) -> PasswordHasher {
+        let h = cheap_pool(2, KEEP_MEMORY_FOR, stall, Some(Box::new(requests)));
+        std::thread::sleep(Duration::from_millis(60));
+        h
+    }
+
+    /// A request count that grows by 10,000 a second.
+    fn ten_thousand_a_second() -> impl Fn() -> u64 + Send + 'static {
+        let started = std::time::Instant::now();
+        move || u64::try_from(started.elapsed().as_millis() * 10).unwrap_or(0)
     }
 
     #[tokio::test]
@@ -770,22 +797,9 @@ mod tests {
     fn most_at_once(requests: impl Fn() -> u64 + Send + 'static) -> usize {
         let logins = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = Arc::clone(&logins);
-        let load = Box::new(move || requests() + counted.load(Ordering::SeqCst));
-        let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
-        // A stall bound far off: neither the rescuer nor a stall lifts the hold-back here.
-        let h = PasswordHasher::tuned(
-            params,
-            pool::Tuning {
-                threads: 2,
-                max_waiting: 8,
-                keep_memory_for: KEEP_MEMORY_FOR,
-                stall: Duration::from_secs(10),
-                requests: Some(load),
-            },
-        )
-        .unwrap_or_else(|_| unreachable!());
-        // The first reading covers the pool's first 50 ms.
-        std::thread::sleep(Duration::from_millis(60));
+        let load = move || requests() + counted.load(Ordering::SeqCst);
+        // A stall bound far off: the rescuer does not step in here.
+        let h = two_threads_seeing(load, Duration::from_secs(10));
         let (now, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -807,13 +821,11 @@ mod tests {
         most.load(Ordering::SeqCst)
     }
 
-    /// While other requests than logins come in (here 10,000 a second), one of the two hashing
+    /// While other requests than logins come in (10,000 a second), one of the two hashing
     /// threads stays idle and the jobs run one at a time, leaving a core to requests.
     #[test]
     fn while_other_requests_come_in_the_pool_hashes_on_one_core_fewer() {
-        let started = std::time::Instant::now();
-        let requests = move || u64::try_from(started.elapsed().as_millis() * 10).unwrap_or(0);
-        assert_eq!(most_at_once(requests), 1);
+        assert_eq!(most_at_once(ten_thousand_a_second()), 1);
     }
 
     /// With no requests but the logins themselves (a login burst alone), every hashing thread
@@ -833,22 +845,7 @@ mod tests {
         let _cores = CORES
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let started = std::time::Instant::now();
-        let requests = move || u64::try_from(started.elapsed().as_millis() * 10).unwrap_or(0);
-        let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
-        let h = PasswordHasher::tuned(
-            params,
-            pool::Tuning {
-                threads: 2,
-                max_waiting: 8,
-                keep_memory_for: KEEP_MEMORY_FOR,
-                stall: Duration::from_millis(200),
-                requests: Some(Box::new(requests)),
-            },
-        )
-        .unwrap_or_else(|_| unreachable!());
-        // Past the first reading, so the pool sees the traffic.
-        std::thread::sleep(Duration::from_millis(60));
+        let h = two_threads_seeing(ten_thousand_a_second(), Duration::from_millis(200));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
