@@ -726,6 +726,32 @@ mod tests {
     /// core must not run beside the one that needs its hashing thread to get some.
     static CORES: Mutex<()> = Mutex::new(());
 
+    /// How many rescues the process's metrics have counted.
+    fn rescues_counted() -> u64 {
+        crate::observability::handle()
+            .map(metrics_exporter_prometheus::PrometheusHandle::render)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("tessera_password_hash_rescues_total "))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A job stalled while its thread gets no CPU (here a job that sleeps, as a starved thread
+    /// would look) is run by the rescuer, and the rescue is counted in the metrics (`/metrics`),
+    /// for an operator to see that the cores were saturated.
+    #[test]
+    fn a_rescue_is_counted_in_the_metrics() {
+        let h = cheap_tuned(1, KEEP_MEMORY_FOR, Duration::from_millis(100));
+        let rescues = rescues_counted();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let done = runtime.block_on(h.run(|_| std::thread::sleep(Duration::from_millis(600))));
+        assert!(done.is_ok());
+        assert!(rescues_counted() > rescues, "no rescue counted");
+    }
+
     /// Threads of the idle class get next to no CPU while normal threads take every core: the
     /// rescuer (nice 10) answers the login instead, within a second or so here. Without it the
     /// hash (~40 ms of CPU) took its starved thread well over the bound.
