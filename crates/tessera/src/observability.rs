@@ -196,14 +196,14 @@ impl Default for RequestIds {
 }
 
 impl RequestIds {
-    /// Counts a request that came with an id of its own.
-    pub fn count(&self) {
-        REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// Counts a request, with an id of its own or not; its number, from which [`Self::id`]
+    /// makes an id for one that came without.
+    pub fn count(&self) -> u64 {
+        REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Counts a request that came without an id, and makes its id: 32 hex digits.
-    pub fn next(&self) -> axum::http::HeaderValue {
-        let n = REQUESTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// The id of request number `n`: 32 hex digits.
+    pub fn id(&self, n: u64) -> axum::http::HeaderValue {
         let mut raw = [0u8; 16];
         raw[..8].copy_from_slice(&self.prefix.to_be_bytes());
         raw[8..].copy_from_slice(&n.to_be_bytes());
@@ -833,7 +833,7 @@ mod tests {
         let ids = RequestIds::default();
         let mut seen = std::collections::HashSet::new();
         for _ in 0..1000 {
-            let id = ids.next().to_str().unwrap_or_default().to_owned();
+            let id = ids.id(ids.count()).to_str().unwrap_or_default().to_owned();
             assert_eq!(id.len(), 32, "{id}");
             assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
             assert!(seen.insert(id), "a repeated id");

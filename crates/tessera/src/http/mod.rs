@@ -262,13 +262,11 @@ where
         use futures_util::FutureExt as _;
 
         let headers = req.headers_mut();
+        let n = self.ids.count();
         let id = match headers.get(&REQUEST_ID) {
-            Some(id) => {
-                self.ids.count();
-                id.clone()
-            }
+            Some(id) => id.clone(),
             None => {
-                let id = self.ids.next();
+                let id = self.ids.id(n);
                 headers.insert(REQUEST_ID, id.clone());
                 id
             }
