@@ -212,6 +212,7 @@ impl PasswordHasher {
                 keep_memory_for: KEEP_MEMORY_FOR,
                 stall: pool::STALL,
                 requests,
+                idle_class: true,
             },
         )
     }
@@ -475,7 +476,9 @@ mod tests {
     }
 
     /// A hasher with 1 MiB argon2 parameters on `threads` threads, each keeping its memory
-    /// for `keep` after a job.
+    /// for `keep` after a job. Its threads run at the test's priority, not in the idle class
+    /// (which has tests of its own): these tests need their hashing threads to get the CPU
+    /// whatever else the machine runs.
     fn cheap_on(threads: usize, keep: Duration) -> PasswordHasher {
         cheap_tuned(threads, keep, pool::STALL)
     }
@@ -501,6 +504,7 @@ mod tests {
                 keep_memory_for: keep,
                 stall,
                 requests,
+                idle_class: false,
             },
         )
         .unwrap_or_else(|_| unreachable!())
@@ -715,7 +719,16 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn hashes_run_in_the_idle_scheduling_class() {
-        let h = cheap_tuned(1, KEEP_MEMORY_FOR, Duration::from_secs(3600));
+        let params = Params::new(1024, 1, 1, None).unwrap_or_else(|_| unreachable!());
+        let tuning = pool::Tuning {
+            threads: 1,
+            max_waiting: 8,
+            keep_memory_for: KEEP_MEMORY_FOR,
+            stall: Duration::from_secs(3600),
+            requests: None,
+            idle_class: true,
+        };
+        let h = PasswordHasher::tuned(params, tuning).unwrap_or_else(|_| unreachable!());
         #[allow(unsafe_code)]
         // SAFETY: sched_getscheduler(0) only reads the calling thread's policy.
         let policy = h.run(|_| unsafe { libc::sched_getscheduler(0) }).await;
