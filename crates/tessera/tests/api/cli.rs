@@ -733,3 +733,96 @@ async fn the_servers_hashing_threads_are_idle_class_and_its_rescuer_nice_10() {
     let _ = stop_and_read_log(child, &log);
     assert_eq!(seen, expected);
 }
+
+/// Records the first migration as applied with other contents, as a migration file edited
+/// after it ran would leave a database: sqlx refuses to go on (`VersionMismatch`), and only an
+/// operator can settle which is right.
+async fn record_another_first_migration(url: &str) {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    for sql in [
+        "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
+         installed_on TIMESTAMPTZ NOT NULL DEFAULT now(), success BOOLEAN NOT NULL, \
+         checksum BYTEA NOT NULL, execution_time BIGINT NOT NULL)",
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (1, 'users', true, '\\x00', 0)",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await.unwrap();
+    }
+}
+
+const REFUSED: &str = "cannot migrate the PostgreSQL database";
+
+/// A PostgreSQL that answers but refuses the migrations stops start-up with the reason: that
+/// is an operator's to fix, not an outage to wait out (a database that does not answer does
+/// not stop it: `faults::a_server_started_while_postgres_is_down_…`).
+#[tokio::test]
+async fn a_postgres_that_refuses_the_migrations_stops_start_up() {
+    if !embedded() {
+        return; // a process-level test, run once
+    }
+    let url = crate::servers::postgres().fresh_database().await;
+    record_another_first_migration(&url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = tessera(dir.path())
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--public-url",
+            PUBLIC_URL,
+        ])
+        .env("TESSERA_DATABASE_URL", &url)
+        .env("TESSERA_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            child.kill().unwrap();
+            panic!("still running after 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success());
+    assert!(err.contains(REFUSED), "{err}");
+}
+
+/// The same database found only after start-up (PostgreSQL was down then, so the server
+/// started and retries in the background every second): once it answers and refuses the
+/// migrations, the server says so as an error every 30 s, not every second, and stays unready.
+#[tokio::test]
+async fn refused_migrations_found_after_start_up_are_logged_every_30_s_not_every_second() {
+    if !embedded() {
+        return; // a process-level test, run once
+    }
+    let pg = crate::servers::Postgres::start();
+    let url = pg.fresh_database().await;
+    record_another_first_migration(&url).await;
+    pg.stop();
+    let dir = tempfile::tempdir().unwrap();
+    let (child, log, addr) =
+        serve_logging_to_file(dir.path(), &[], &[("TESSERA_DATABASE_URL", &url)]);
+    pg.restart();
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap().contains(REFUSED) {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the refusal was never logged"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Five retries at the pace of a database that does not answer.
+    std::thread::sleep(Duration::from_secs(5));
+    let ready = reqwest::get(format!("http://{addr}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let text = stop_and_read_log(child, &log);
+    assert_eq!(text.matches(REFUSED).count(), 1, "{text}");
+}
