@@ -18,6 +18,19 @@ fn tessera(dir: &Path) -> Command {
     c
 }
 
+/// `tessera serve` on a free port of loopback, with `dir` as its data directory.
+fn tessera_serve(dir: &Path) -> Command {
+    let mut c = tessera(dir);
+    c.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--public-url",
+        PUBLIC_URL,
+    ]);
+    c
+}
+
 /// Runs a CLI command against `app`'s stores, feeding `stdin`.
 async fn run(app: &TestApp, args: &[&str], stdin: &str) -> Output {
     let mut cmd = tessera(app.dir.path());
@@ -225,15 +238,8 @@ pub struct Server {
 }
 
 pub fn serve(dir: &Path, env: &[(&str, &str)]) -> Server {
-    let mut cmd = tessera(dir);
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--public-url",
-        PUBLIC_URL,
-    ])
-    .envs(env.iter().copied());
+    let mut cmd = tessera_serve(dir);
+    cmd.envs(env.iter().copied());
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("server starts");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
@@ -493,14 +499,7 @@ fn serve_logging_to_file(
     env: &[(&str, &str)],
 ) -> (Child, std::path::PathBuf, String) {
     let log = dir.join("stderr.log");
-    let mut child = tessera(dir)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--public-url",
-            PUBLIC_URL,
-        ])
+    let mut child = tessera_serve(dir)
         .args(args)
         .env("TESSERA_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .envs(env.iter().copied())
@@ -764,14 +763,7 @@ async fn a_postgres_that_refuses_the_migrations_stops_start_up() {
     let url = crate::servers::postgres().fresh_database().await;
     record_another_first_migration(&url).await;
     let dir = tempfile::tempdir().unwrap();
-    let mut child = tessera(dir.path())
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--public-url",
-            PUBLIC_URL,
-        ])
+    let mut child = tessera_serve(dir.path())
         .env("TESSERA_DATABASE_URL", &url)
         .env("TESSERA_ADMIN_PASSWORD", ADMIN_PASSWORD)
         .stdout(Stdio::null())
