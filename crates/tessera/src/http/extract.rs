@@ -17,8 +17,25 @@ use crate::service::{AuthError, ClientInfo, Credential, Principal};
 pub struct Json<T>(pub T);
 
 impl<T: serde::Serialize> axum::response::IntoResponse for Json<T> {
+    /// axum's `Json`, but written into a buffer sized for the usual answer (axum starts at 128
+    /// bytes, and a profile or a token answer grew it once or twice), and a value that cannot be
+    /// serialized answers the JSON 500 of API.md §4 (axum's is a text/plain serde message).
     fn into_response(self) -> axum::response::Response {
-        axum::Json(self.0).into_response()
+        let mut body = Vec::with_capacity(512);
+        match serde_json::to_writer(&mut body, &self.0) {
+            Ok(()) => (
+                [(
+                    header::CONTENT_TYPE,
+                    axum::http::HeaderValue::from_static("application/json"),
+                )],
+                body,
+            )
+                .into_response(),
+            Err(e) => {
+                tracing::error!(error = %e, "answer not serializable");
+                ApiError::internal().into_response()
+            }
+        }
     }
 }
 
@@ -198,6 +215,34 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap_or_else(|_| unreachable!())
+    }
+
+    #[tokio::test]
+    async fn json_answers_carry_their_content_type_and_an_unserializable_value_is_a_json_500() {
+        use axum::response::IntoResponse as _;
+        let res = Json(serde_json::json!({"a": [1, 2]})).into_response();
+        assert_eq!(res.status(), axum::http::StatusCode::OK);
+        assert_eq!(
+            res.headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
+            Some(&b"application/json"[..])
+        );
+        let body = axum::body::to_bytes(res.into_body(), 1024)
+            .await
+            .unwrap_or_default();
+        assert_eq!(&body[..], br#"{"a":[1,2]}"#);
+
+        // JSON object keys must be strings: serde_json refuses this map.
+        let bad: std::collections::BTreeMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        let res = Json(bad).into_response();
+        assert_eq!(res.status(), axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(res.into_body(), 1024)
+            .await
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body);
+        assert!(text.contains(r#""error":"internal_error""#), "{text}");
+        assert!(!text.contains("key must be"), "{text}");
     }
 
     #[test]
