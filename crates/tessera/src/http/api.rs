@@ -215,7 +215,13 @@ pub async fn profile(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let credential = super::extract::credential(&headers, &state)?;
+    profile_of(&state, &headers).await
+}
+
+/// The answer of `GET /profile` to a request with `headers`: [`profile`] and the unrouted
+/// `GET /profile` of [`super::Routes`] share it.
+pub async fn profile_of(state: &AppState, headers: &HeaderMap) -> Result<Response, ApiError> {
+    let credential = super::extract::credential(headers, state)?;
     let (p, cached_at) = state.auth.profile_of(credential).await?;
     Ok(no_store(
         Json(ProfileResponse {

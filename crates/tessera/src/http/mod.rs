@@ -84,6 +84,8 @@ const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Forward-auth's route: routed like every other, and also taken first by [`Routes`].
 const VERIFY: &str = "/verify";
+/// The profile route, also taken first by [`Routes`] for a `GET`.
+const PROFILE: &str = "/profile";
 
 /// The routes, with the state and the one middleware that needs the matched route (CSRF and
 /// per-route metrics). Every other edge concern wraps the router once, in [`service`]:
@@ -106,7 +108,7 @@ pub fn router(state: AppState) -> Router {
         .route("/static/tessera.css", get(pages::stylesheet))
         .route("/static/favicon.svg", get(pages::favicon))
         .route("/token", post(api::token))
-        .route("/profile", get(api::profile))
+        .route(PROFILE, get(api::profile))
         .route("/logout", post(api::logout))
         .route(VERIFY, get(api::verify))
         .route("/sessions", get(api::sessions))
@@ -132,14 +134,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The routes, with `GET /verify` taken before the router. Forward-auth proxies call it on every
-/// request of every app behind tessera, so it skips what it does not need: route matching, the
-/// route's extensions, the boxed per-route middleware and handler (measured with bench/callgrind:
-/// 93.4k → 87.4k instructions per verification), and the request deadline: it reads no body
-/// and its every wait is a store call under the store's own deadline, so a second timer per
-/// request only cost time. It runs the same extractor and handler as the routed `/verify`
-/// (which still answers `HEAD` and lists the route in the docs), and is counted under the same
-/// metric label. The CSRF guard has nothing to do for a `GET`.
+/// The routes, with `GET /verify` and `GET /profile` taken before the router. Forward-auth
+/// proxies call `/verify` on every request of every app behind tessera, and apps call
+/// `/profile` as often, so they skip what they do not need: route matching, the route's
+/// extensions, the boxed per-route middleware and handler (measured with bench/callgrind:
+/// 93.4k → 87.4k instructions per verification), and the request deadline: neither reads a
+/// body and their every wait is a store call under the store's own deadline, so one more timer
+/// per request only cost time. They run the same code as the routed routes (which still
+/// answer `HEAD` and other methods, and list the routes in the docs), and are counted under
+/// the same metric labels. The CSRF guard has nothing to do for a `GET`.
 #[derive(Clone)]
 pub struct Routes {
     /// [`router`] under the request deadline ([`REQUEST_TIMEOUT`]).
@@ -170,6 +173,15 @@ impl Routes {
         tracked.finish(&res);
         res
     }
+
+    async fn profile(state: AppState, parts: axum::http::request::Parts) -> Response {
+        let tracked = crate::observability::HttpTracker::fixed(&parts.method, PROFILE);
+        let res = api::profile_of(&state, &parts.headers)
+            .await
+            .unwrap_or_else(IntoResponse::into_response);
+        tracked.finish(&res);
+        res
+    }
 }
 
 impl<B> Service<Request<B>> for Routes
@@ -190,10 +202,20 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         use futures_util::FutureExt as _;
-        if req.method() == axum::http::Method::GET && req.uri().path() == VERIFY {
-            let (parts, _body) = req.into_parts();
-            let verify = Self::verify(self.state.clone(), parts);
-            return futures_util::future::Either::Left(verify.map(Ok).boxed());
+        if req.method() == axum::http::Method::GET {
+            match req.uri().path() {
+                VERIFY => {
+                    let (parts, _body) = req.into_parts();
+                    let verify = Self::verify(self.state.clone(), parts);
+                    return futures_util::future::Either::Left(verify.map(Ok).boxed());
+                }
+                PROFILE => {
+                    let (parts, _body) = req.into_parts();
+                    let profile = Self::profile(self.state.clone(), parts);
+                    return futures_util::future::Either::Left(profile.map(Ok).boxed());
+                }
+                _ => {}
+            }
         }
         futures_util::future::Either::Right(self.router.call(req))
     }

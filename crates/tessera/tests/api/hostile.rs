@@ -475,63 +475,77 @@ async fn a_slow_client_is_disconnected_after_the_header_timeout() {
     assert_eq!(app.get_status("/healthz").await, StatusCode::OK);
 }
 
-/// `GET /verify` is answered before the router (the forward-auth fast path); everything around
-/// it must be as for any routed request: the edge headers, the metric under its route, and the
-/// router still owning `HEAD`, other methods and near-miss paths.
+/// `GET /verify` and `GET /profile` are answered before the router (the fast path); everything
+/// around them must be as for any routed request: the edge headers, the metric under the route,
+/// and the router still owning `HEAD`, other methods and near-miss paths.
 #[tokio::test]
-async fn verify_keeps_the_edge_headers_metrics_and_routing_of_every_route() {
+async fn the_unrouted_gets_keep_the_edge_headers_metrics_and_routing_of_every_route() {
     let app = spawn_app().await;
     let t = app.login("admin", ADMIN_PASSWORD).await;
     let bearer = format!("Bearer {}", t.access);
 
-    let res = app
-        .client
-        .get(app.url("/verify?rd=https%3A%2F%2Fapp.example%2F"))
-        .header("authorization", &bearer)
-        .header("x-request-id", "verify-trace-1")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let h = res.headers();
-    assert_eq!(h["x-auth-user"], "admin");
-    assert_eq!(h["x-request-id"], "verify-trace-1");
-    assert_eq!(h["x-content-type-options"], "nosniff");
-    assert_eq!(h["referrer-policy"], "same-origin");
-    assert_eq!(h["cache-control"], "no-store");
-    let res = app.client.get(app.url("/verify")).send().await.unwrap();
-    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
-    assert!(res.headers().contains_key("x-request-id"));
-    assert_eq!(res.headers()["x-content-type-options"], "nosniff");
-    assert_eq!(error_code(res).await, "unauthenticated");
-
-    for (method, path, status) in [
-        (Method::HEAD, "/verify", StatusCode::OK),
-        (Method::POST, "/verify", StatusCode::METHOD_NOT_ALLOWED),
-        (Method::GET, "/verify/", StatusCode::NOT_FOUND),
-    ] {
+    for route in ["/verify", "/profile"] {
         let res = app
             .client
-            .request(method.clone(), app.url(path))
+            .get(app.url(&format!("{route}?rd=https%3A%2F%2Fapp.example%2F")))
             .header("authorization", &bearer)
+            .header("x-request-id", "fast-trace-1")
             .send()
             .await
             .unwrap();
-        assert_eq!(res.status(), status, "{method} {path}");
-        if method == Method::HEAD {
-            assert_eq!(res.headers()["x-auth-user"], "admin");
+        assert_eq!(res.status(), StatusCode::OK, "{route}");
+        let h = res.headers();
+        assert_eq!(h["x-request-id"], "fast-trace-1");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["referrer-policy"], "same-origin");
+        assert_eq!(h["cache-control"], "no-store");
+        if route == "/verify" {
+            assert_eq!(h["x-auth-user"], "admin");
+        } else {
+            assert_eq!(h["content-type"], "application/json");
+            assert_eq!(h["pragma"], "no-cache");
+            let body: serde_json::Value = res.json().await.unwrap();
+            assert_eq!(body["username"], "admin", "{body}");
+        }
+        let res = app.client.get(app.url(route)).send().await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "{route}");
+        assert!(res.headers().contains_key("x-request-id"));
+        assert_eq!(res.headers()["x-content-type-options"], "nosniff");
+        assert_eq!(error_code(res).await, "unauthenticated");
+
+        for (method, path, status) in [
+            (Method::HEAD, route.to_owned(), StatusCode::OK),
+            (
+                Method::POST,
+                route.to_owned(),
+                StatusCode::METHOD_NOT_ALLOWED,
+            ),
+            (Method::GET, format!("{route}/"), StatusCode::NOT_FOUND),
+        ] {
+            let res = app
+                .client
+                .request(method.clone(), app.url(&path))
+                .header("authorization", &bearer)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), status, "{method} {path}");
+            if method == Method::HEAD && route == "/verify" {
+                assert_eq!(res.headers()["x-auth-user"], "admin");
+            }
         }
     }
 
     let metrics = app.get_text("/metrics").await;
-    for needle in [
-        "tessera_http_requests_total{method=\"GET\",route=\"/verify\",status=\"200\"}",
-        "tessera_http_requests_total{method=\"GET\",route=\"/verify\",status=\"401\"}",
-        "tessera_http_requests_total{method=\"HEAD\",route=\"/verify\",status=\"200\"}",
-    ] {
-        assert!(
-            metrics.contains(needle),
-            "{needle} missing from:\n{metrics}"
-        );
+    for route in ["/verify", "/profile"] {
+        for (method, status) in [("GET", 200), ("GET", 401), ("HEAD", 200), ("POST", 405)] {
+            let needle = format!(
+                "tessera_http_requests_total{{method=\"{method}\",route=\"{route}\",status=\"{status}\"}}"
+            );
+            assert!(
+                metrics.contains(&needle),
+                "{needle} missing from:\n{metrics}"
+            );
+        }
     }
 }
