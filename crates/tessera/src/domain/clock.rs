@@ -63,7 +63,8 @@ impl Timestamp {
 
     /// The text of [`Timestamp::to_rfc3339`] on the stack, for years 0 to 9999 (every time the
     /// service makes). Digits written in place: `format!` with its seven padded fields cost
-    /// ~3.6k instructions per timestamp, two thirds of `GET /profile`'s JSON work (bench/NOTES.md).
+    /// ~3.6k instructions per timestamp, two thirds of `GET /profile`'s JSON work
+    /// (bench/NOTES.md).
     fn rfc3339(self) -> Option<Rfc3339> {
         let dt = OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.0) * 1_000_000).ok()?;
         let year = u32::try_from(dt.year()).ok().filter(|y| *y <= 9999)?;
