@@ -55,9 +55,14 @@ impl Timestamp {
 
     /// RFC 3339, UTC, millisecond precision, `Z` suffix: the only time format of the JSON API.
     pub fn to_rfc3339(self) -> String {
+        self.with_rfc3339(str::to_owned)
+    }
+
+    /// `f` of the text of [`Timestamp::to_rfc3339`], which is built on the stack when it can be.
+    fn with_rfc3339<R>(self, f: impl FnOnce(&str) -> R) -> R {
         match self.rfc3339() {
-            Some(text) => text.as_str().to_owned(),
-            None => self.rfc3339_slow(),
+            Some(text) => f(text.as_str()),
+            None => f(&self.rfc3339_slow()),
         }
     }
 
@@ -116,19 +121,13 @@ impl Rfc3339 {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.rfc3339() {
-            Some(text) => f.write_str(text.as_str()),
-            None => f.write_str(&self.rfc3339_slow()),
-        }
+        self.with_rfc3339(|text| f.write_str(text))
     }
 }
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.rfc3339() {
-            Some(text) => s.serialize_str(text.as_str()),
-            None => s.serialize_str(&self.rfc3339_slow()),
-        }
+        self.with_rfc3339(|text| s.serialize_str(text))
     }
 }
 
