@@ -125,8 +125,9 @@ async fn redis_killed_under_load_gives_503_then_heals_without_a_restart() {
     drop(back);
 }
 
-/// Stalls Redis with `command` (for about 2 s) and checks that a verification meanwhile is a
-/// 503 within the store timeout, and that verification succeeds again afterwards.
+/// Stalls Redis with `command` (for about 2 s) and checks that a verification and a profile
+/// read meanwhile are each a 503 within the store timeout (both answered before the router,
+/// with no request deadline of their own), and that verification succeeds again afterwards.
 async fn stalled_redis_gives_503_in_time_then_heals(command: &[&str]) {
     let redis = RedisProcess::start(&[]);
     let app = spawn_on_redis(redis.url()).await;
@@ -146,6 +147,16 @@ async fn stalled_redis_gives_503_in_time_then_heals(command: &[&str]) {
     assert!(
         started.elapsed() < SLOWEST_ALLOWED,
         "{:?}",
+        started.elapsed()
+    );
+    let started = Instant::now();
+    assert_eq!(
+        app.get_auth("/profile", &t.access).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(
+        started.elapsed() < SLOWEST_ALLOWED,
+        "/profile: {:?}",
         started.elapsed()
     );
     until_ok(&app, &t.access, Duration::from_secs(5)).await;
