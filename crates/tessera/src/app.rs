@@ -189,7 +189,7 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<File> {
 /// A built server, bound and ready to run.
 pub struct Application {
     listener: TcpListener,
-    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: AppState,
     shutdown_grace: Duration,
     _lock: Option<File>,
@@ -216,15 +216,13 @@ impl Application {
             (Some(cert), Some(key)) => {
                 // One crypto provider for the whole process, whatever else links rustls.
                 let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-                let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "tls_cert/tls_key: cannot load {} and {}",
-                            cert.display(),
-                            key.display()
-                        )
-                    })?;
+                let config = http::server::tls_config(cert, key).with_context(|| {
+                    format!(
+                        "tls_cert/tls_key: cannot load {} and {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
                 Some(config)
             }
             _ => None,
@@ -302,59 +300,14 @@ impl Application {
             tracing::info!("shutting down: draining in-flight requests");
         };
         let max_body = state.http.max_body_bytes;
-        let app = axum::ServiceExt::into_make_service_with_connect_info::<SocketAddr>(
-            http::service(http::Routes::new(state), max_body),
-        );
-        let handle = axum_server::Handle::new();
-        let drain = {
-            let handle = handle.clone();
-            async move {
-                on_stop.await;
-                // Stop accepting at once; give in-flight requests up to the grace period.
-                handle.graceful_shutdown(Some(shutdown_grace));
-            }
-        };
-        tokio::spawn(drain);
-        let listener = listener.into_std()?;
-        match tls {
-            None => {
-                let mut server = axum_server::from_tcp(listener)?.handle(handle);
-                harden(server.http_builder());
-                server.serve(app).await.context("server error")?;
-            }
-            Some(config) => {
-                let mut server = axum_server::from_tcp_rustls(listener, config)?.handle(handle);
-                harden(server.http_builder());
-                server.serve(app).await.context("server error")?;
-            }
-        }
+        let service = http::service(http::Routes::new(state), max_body);
+        http::server::serve(listener, tls, service, on_stop, shutdown_grace).await;
         for task in background {
             task.abort();
         }
         tracing::info!("stopped");
         Ok(())
     }
-}
-
-/// Longest a client may take to send its request headers (slow-loris defence).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Largest request head; larger heads get 431.
-pub const MAX_HEADER_BYTES: usize = 32 * 1024;
-
-/// Connection-level limits on every listener, TLS or not.
-fn harden(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
-    builder
-        .http1()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        // At most 100 headers: hyper's default, left unset on purpose (an explicit limit, even
-        // of 100, makes hyper initialise two 100-slot arrays per request, ~1.7k instructions).
-        .max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
-        .timer(hyper_util::rt::TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
-        .max_concurrent_streams(256);
 }
 
 fn spawn_background(auth: Arc<Auth>) -> Vec<tokio::task::JoinHandle<()>> {

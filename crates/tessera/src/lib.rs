@@ -10,6 +10,7 @@
 pub mod app;
 pub mod cli;
 pub mod config;
+mod deadline;
 pub mod domain;
 pub mod http;
 pub mod import;

@@ -7,6 +7,7 @@ pub mod error;
 pub mod extract;
 pub mod openapi;
 pub mod pages;
+pub mod server;
 
 use std::any::Any;
 use std::sync::Arc;

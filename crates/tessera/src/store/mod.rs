@@ -69,14 +69,15 @@ pub(crate) async fn with_deadline<T, E>(
     fut: impl Future<Output = Result<T, E>>,
     map_err: impl FnOnce(E) -> StoreError,
 ) -> Result<T, StoreError> {
-    let started = std::time::Instant::now();
-    let result = match tokio::time::timeout(timeout, fut).await {
-        Ok(r) => r.map_err(map_err),
-        Err(_) => Err(StoreError::Unavailable(format!(
+    // tokio's clock, which the deadline is kept on (and tests can pause).
+    let started = tokio::time::Instant::now();
+    let result = match crate::deadline::within(started + timeout, fut).await {
+        Some(r) => r.map_err(map_err),
+        None => Err(StoreError::Unavailable(format!(
             "{store} did not answer in time"
         ))),
     };
-    crate::observability::store_call(store, started, &result);
+    crate::observability::store_call(store, started.into_std(), &result);
     result
 }
 

@@ -1,6 +1,7 @@
 //! Metrics and migration in.
 
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use argon2::password_hash::PasswordHasher as _;
 use reqwest::StatusCode;
@@ -155,6 +156,20 @@ async fn tls_serves_http2_with_the_configured_certificate() {
     ])
     .await;
     let url = format!("https://127.0.0.1:{}", app.addr.port());
+    // A client that connects and never starts the handshake holds nothing for long.
+    let addr = app.addr;
+    let silent = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "a silent connection was still open after 20 s"
+        );
+        started.elapsed()
+    });
     let curl = |args: Vec<String>| {
         let cert = cert.clone();
         tokio::task::spawn_blocking(move || {
@@ -193,6 +208,18 @@ async fn tls_serves_http2_with_the_configured_certificate() {
     .unwrap();
     let login: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(login["access_token"].is_string(), "{login}");
+    // HTTP/1.1 over TLS too, for clients that do not offer h2.
+    let out = curl(vec![
+        "--http1.1".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        "-w".into(),
+        "%{http_version} %{http_code}".into(),
+        format!("{url}/healthz"),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1.1 200");
     // Plain HTTP on the TLS port is refused.
     let plain = app
         .client
@@ -200,4 +227,9 @@ async fn tls_serves_http2_with_the_configured_certificate() {
         .send()
         .await;
     assert!(plain.map(|r| r.status() != StatusCode::OK).unwrap_or(true));
+    let waited = silent.await.unwrap();
+    assert!(
+        waited >= Duration::from_secs(9),
+        "the handshake timeout came early: {waited:?}"
+    );
 }

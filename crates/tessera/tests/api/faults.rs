@@ -132,6 +132,9 @@ async fn stalled_redis_gives_503_in_time_then_heals(command: &[&str]) {
     let redis = RedisProcess::start(&[]);
     let app = spawn_on_redis(redis.url()).await;
     let t = app.login("admin", ADMIN_PASSWORD).await;
+    // Answered in time first, on the connection the next calls reuse: their deadlines then
+    // move the connection's timer (src/deadline.rs) instead of arming a new one.
+    assert_eq!(app.verify_status(&t.access).await, StatusCode::OK);
     let port = redis.port.to_string();
     let mut stall = std::process::Command::new("redis-cli")
         .args(["-p", &port])

@@ -454,23 +454,60 @@ async fn a_request_with_more_than_100_headers_gets_431() {
     assert_eq!(app.get_status("/healthz").await, StatusCode::OK);
 }
 
+/// Sends `head` (an unfinished request head) on `conn` and waits for the server to close the
+/// connection; how long that took.
+async fn closed_after_stalling(
+    conn: &mut tokio::net::TcpStream,
+    head: &[u8],
+) -> std::time::Duration {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    conn.write_all(head).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), conn.read(&mut buf)).await;
+    let read = read.expect("the connection was still open after 20 s");
+    assert!(
+        !matches!(read, Ok(n) if n > 0),
+        "answered instead of closing: {:?}",
+        &buf[..*read.as_ref().unwrap_or(&0)]
+    );
+    started.elapsed()
+}
+
 #[tokio::test]
 async fn a_slow_client_is_disconnected_after_the_header_timeout() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let app = spawn_app().await;
-    let mut conn = tokio::net::TcpStream::connect(app.addr).await.unwrap();
-    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-        .await
-        .unwrap();
-    let started = std::time::Instant::now();
-    let mut buf = [0u8; 256];
-    let read = tokio::time::timeout(std::time::Duration::from_secs(20), conn.read(&mut buf)).await;
-    assert!(read.is_ok(), "the connection was still open after 20 s");
-    let waited = started.elapsed();
-    assert!(
-        waited >= std::time::Duration::from_secs(9),
-        "closed too early: {waited:?}"
-    );
+    let partial = b"GET /healthz HTTP/1.1\r\nHost: x\r\n";
+    // On a new connection, and on one that was served before (whose requests reuse one timer
+    // for their header deadlines, moved later for each: src/deadline.rs).
+    let fresh = async {
+        let mut conn = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        closed_after_stalling(&mut conn, partial).await
+    };
+    let reused = async {
+        let mut conn = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+        for _ in 0..3 {
+            conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = vec![0u8; 4096];
+            let n = conn.read(&mut answer).await.unwrap();
+            assert!(
+                answer[..n].starts_with(b"HTTP/1.1 200"),
+                "{:?}",
+                &answer[..n]
+            );
+        }
+        closed_after_stalling(&mut conn, partial).await
+    };
+    let (fresh, reused) = tokio::join!(fresh, reused);
+    for waited in [fresh, reused] {
+        assert!(
+            waited >= std::time::Duration::from_secs(9),
+            "closed too early: {waited:?}"
+        );
+    }
     // The server keeps serving everyone else.
     assert_eq!(app.get_status("/healthz").await, StatusCode::OK);
 }

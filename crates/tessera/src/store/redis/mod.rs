@@ -432,8 +432,9 @@ impl RedisStore {
         F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let started = std::time::Instant::now();
-        let result = tokio::time::timeout(self.timeout, async {
+        // tokio's clock, which the deadline is kept on (and tests can pause).
+        let started = tokio::time::Instant::now();
+        let result = crate::deadline::within(started + self.timeout, async {
             let (generation, conn) = match self.current() {
                 Some(c) => c,
                 None => {
@@ -455,12 +456,12 @@ impl RedisStore {
             }
         })
         .await
-        .unwrap_or_else(|_| {
+        .unwrap_or_else(|| {
             Err(StoreError::Unavailable(
                 "redis did not answer in time".into(),
             ))
         });
-        crate::observability::store_call("redis", started, &result);
+        crate::observability::store_call("redis", started.into_std(), &result);
         if result.is_err()
             && matches!(*self.connector, Connector::Sentinel(_))
             && started.elapsed() >= self.timeout
