@@ -6,12 +6,13 @@
 //! under the wheel's lock, for a deadline that is almost never reached. Switched off, the two
 //! were worth 4.3% of the verifications per second and 5.8% of their CPU (bench/NOTES.md).
 //!
-//! Moving a registered `Sleep` to a *later* deadline is cheaper: one atomic store, after which
-//! tokio files it again only when the old deadline comes round. A connection serves its
-//! requests one after another, and each deadline of a kind is later than the one before; so
-//! each connection keeps one `Sleep` per kind ([`Slot`]) and moves it. That is exact: each
-//! deadline fires when it falls due, as a new `Sleep` would. A second deadline of a kind while
-//! the first is out (the two store calls of `/profile`) takes a second `Sleep`.
+//! A connection serves its requests one after another, and each deadline of a kind is later
+//! than the one before. So each connection keeps one `Sleep` per kind ([`Slot`]) and lends it
+//! to each request ([`Reused`]) still armed at an earlier request's deadline: if it goes off,
+//! and the request is still waiting, it is moved to the request's own deadline then. Each
+//! deadline still fires when it falls due; the connection pays one re-arming per timeout's
+//! length instead of two wheel operations per request. A second deadline of a kind while the
+//! first is out (the two store calls of `/profile`) takes a second `Sleep`.
 //!
 //! The slots live in a task-local set by [`Connection::serve`] around the connection's future,
 //! so the store layer needs no handle passed down. A store call outside a connection (a
@@ -45,7 +46,7 @@ impl Connection {
 }
 
 /// Idle `Sleep`s, put back by the [`Reused`] that drop: at most [`Slot::KEEP`], the one put
-/// back last taken first (its deadline is the latest, so moving it is the cheap move).
+/// back last taken first.
 #[derive(Default)]
 struct Slot(Mutex<Vec<Pin<Box<tokio::time::Sleep>>>>);
 
@@ -53,26 +54,38 @@ impl Slot {
     /// Two: `GET /profile` makes two store calls at once.
     const KEEP: usize = 2;
 
-    /// A sleep until `deadline`: an idle one of the slot's, moved, or a new one.
+    /// A sleep until `deadline` on an idle `Sleep` of the slot's, or on a new one.
     fn sleep_until(self: &Arc<Self>, deadline: Instant) -> Reused {
         let idle = self.0.lock().unwrap_or_else(PoisonError::into_inner).pop();
         let sleep = match idle {
             Some(mut sleep) => {
-                sleep.as_mut().reset(deadline);
+                // Armed later than this deadline (rare: every deadline of a kind is later than
+                // the last, unless two stores' timeouts differ): bring it forward now.
+                if sleep.deadline() > deadline {
+                    sleep.as_mut().reset(deadline);
+                }
                 sleep
             }
             None => Box::pin(tokio::time::sleep_until(deadline)),
         };
         Reused {
             sleep: Some(sleep),
+            deadline,
             home: Some(Arc::clone(self)),
         }
     }
 }
 
-/// A `Sleep` on loan from a [`Slot`] (or a plain one, with no slot to go back to).
+/// A deadline on a `Sleep` on loan from a [`Slot`] (or on a plain one, with no slot to go
+/// back to).
+///
+/// The loaned `Sleep` is left armed where it was, at an earlier request's deadline, and moved
+/// to this one's only when it goes off first: the requests of a busy connection pay nothing
+/// for their deadlines (not even `Sleep::reset`, which clones the runtime's handle, a counter
+/// both cores write), and the connection one wake-up and one re-arming per timeout's length.
 pub(crate) struct Reused {
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+    deadline: Instant,
     home: Option<Arc<Slot>>,
 }
 
@@ -80,12 +93,16 @@ impl Reused {
     fn plain(deadline: Instant) -> Self {
         Self {
             sleep: Some(Box::pin(tokio::time::sleep_until(deadline))),
+            deadline,
             home: None,
         }
     }
 
     fn reset(&mut self, deadline: Instant) {
-        if let Some(sleep) = self.sleep.as_mut() {
+        self.deadline = deadline;
+        if let Some(sleep) = self.sleep.as_mut()
+            && sleep.deadline() > deadline
+        {
             sleep.as_mut().reset(deadline);
         }
     }
@@ -95,9 +112,18 @@ impl Future for Reused {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match self.get_mut().sleep.as_mut() {
-            Some(sleep) => sleep.as_mut().poll(cx),
-            None => Poll::Ready(()),
+        let this = self.get_mut();
+        let Some(sleep) = this.sleep.as_mut() else {
+            return Poll::Ready(());
+        };
+        // At most twice round: once armed at `deadline`, the next time it goes off is ours.
+        loop {
+            std::task::ready!(sleep.as_mut().poll(cx));
+            if sleep.deadline() >= this.deadline || Instant::now() >= this.deadline {
+                return Poll::Ready(());
+            }
+            // An earlier deadline went off: now arm ours.
+            sleep.as_mut().reset(this.deadline);
         }
     }
 }
