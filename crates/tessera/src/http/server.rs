@@ -18,7 +18,6 @@ use anyhow::Context as _;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -159,7 +158,7 @@ async fn connection<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let service = TowerToHyperService::new(service);
+    let service = InPlace(std::cell::RefCell::new(service));
     match tls {
         None => run(&builder, TokioIo::new(tcp), service, stop).await,
         Some(tls) => match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.accept(tcp)).await {
@@ -180,8 +179,7 @@ async fn run<I, S>(
     S: hyper::service::Service<
             axum::http::Request<hyper::body::Incoming>,
             Response = axum::response::Response,
-        > + Clone
-        + Send
+        > + Send
         + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -203,5 +201,44 @@ async fn run<I, S>(
     };
     if let Err(e) = done {
         tracing::debug!(error = %e, "connection closed with an error");
+    }
+}
+
+/// A connection's tower service as hyper calls it: in place. hyper calls through `&self`, so
+/// hyper-util's adapter clones the whole service for every request (and moves the clone into
+/// the request's future): with it, the state and the router's reference counts, which every
+/// connection shares, so both cores write them on each request. HTTP/1.1 calls one request at
+/// a time, and HTTP/2 calls from its connection's task, so a `RefCell` is never contended.
+struct InPlace<S>(std::cell::RefCell<S>);
+
+impl<S> hyper::service::Service<axum::http::Request<hyper::body::Incoming>> for InPlace<S>
+where
+    S: tower::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        >,
+{
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::Either<
+        S::Future,
+        std::future::Ready<Result<axum::response::Response, std::convert::Infallible>>,
+    >;
+
+    fn call(&self, req: axum::http::Request<hyper::body::Incoming>) -> Self::Future {
+        use axum::response::IntoResponse as _;
+        use futures_util::future::Either;
+        let mut service = self.0.borrow_mut();
+        // Every layer of ours is always ready; were one not, the request is turned away
+        // rather than waited for with no one to wake this task.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match service.poll_ready(&mut cx) {
+            std::task::Poll::Ready(Ok(())) => Either::Left(service.call(req)),
+            std::task::Poll::Ready(Err(never)) => match never {},
+            std::task::Poll::Pending => Either::Right(std::future::ready(Ok(
+                super::error::ApiError::from(crate::service::AuthError::Overloaded).into_response(),
+            ))),
+        }
     }
 }
