@@ -1,12 +1,13 @@
 //! The accept loop: connections in, TLS if configured, HTTP/1.1 or HTTP/2 to the service, and
 //! the drain on shutdown.
 //!
-//! Written here rather than taken from axum-server for two costs on the verification path
+//! Written here rather than taken from axum-server for what it saves on every verification
 //! (bench/NOTES.md, the fourteenth session). axum-server's per-connection task polls two
 //! shutdown `Notify`s each time it wakes, and each such poll takes a lock that every
 //! connection shares, so both cores take turns on it several times per request; here each
-//! connection learns of the shutdown through a `oneshot` of its own. And each connection runs
-//! inside its [`deadline::Connection`], which lets its requests reuse their timers.
+//! connection learns of the shutdown through a `oneshot` of its own. Each connection runs
+//! inside its [`deadline::Connection`], which lets its requests reuse their timers. And its
+//! service is called in place ([`InPlace`]), not cloned for every request.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -39,6 +40,32 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// say): the failure would only repeat at once.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// What the loop serves: a tower service (ours: [`super::service`]) that never fails, cloned
+/// once per connection.
+pub trait Service:
+    tower::Service<
+        axum::http::Request<hyper::body::Incoming>,
+        Response = axum::response::Response,
+        Error = std::convert::Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> Service for S where
+    S: tower::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
 /// The TLS settings from a PEM certificate chain and a PEM private key; HTTP/2 offered first.
 pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
     let chain = CertificateDer::pem_file_iter(cert)
@@ -56,22 +83,13 @@ pub fn tls_config(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> 
 
 /// Serves `service` on `listener` until `stop` completes; then stops accepting, asks every
 /// connection to finish its request in flight and close, and after `grace` closes the rest.
-pub async fn serve<S>(
+pub async fn serve<S: Service>(
     listener: TcpListener,
     tls: Option<Arc<ServerConfig>>,
     service: S,
     stop: impl Future<Output = ()>,
     grace: Duration,
-) where
-    S: tower::Service<
-            axum::http::Request<hyper::body::Incoming>,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+) {
     let builder = Arc::new(builder());
     let tls = tls.map(TlsAcceptor::from);
     let mut connections = JoinSet::new();
@@ -141,23 +159,14 @@ fn builder() -> Builder<TokioExecutor> {
 
 /// One connection, from the TLS handshake to its close; on `stop`, it finishes the request in
 /// flight and closes.
-async fn connection<S>(
+async fn connection<S: Service>(
     tcp: tokio::net::TcpStream,
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     builder: Arc<Builder<TokioExecutor>>,
     service: S,
     stop: oneshot::Receiver<()>,
-) where
-    S: tower::Service<
-            axum::http::Request<hyper::body::Incoming>,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
+) {
     let service = InPlace(std::cell::RefCell::new(service));
     match tls {
         None => run(&builder, TokioIo::new(tcp), service, stop).await,
