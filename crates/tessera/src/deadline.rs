@@ -32,7 +32,7 @@ tokio::task_local! {
 }
 
 /// The reusable timers of one connection.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub(crate) struct Connection {
     header: Arc<Slot>,
     store: Arc<Slot>,
