@@ -510,3 +510,37 @@ async fn cluster_resharding_under_traffic_is_followed_through_ask_and_moved() {
     assert_eq!(res.status(), StatusCode::OK);
     assert_eq!(app.verify_status(&t.access).await, StatusCode::UNAUTHORIZED);
 }
+
+/// The drain is bounded: a request still in flight when `shutdown_grace` runs out (here a
+/// client that sends half its body and stops) is cut off, and the server stops then, not when
+/// the request's own 30 s deadline would have ended it.
+#[tokio::test]
+async fn a_request_in_flight_past_the_shutdown_grace_is_cut_off() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = spawn_app_with(&[("TESSERA_SHUTDOWN_GRACE", "1s")]).await;
+    let mut conn = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    conn.write_all(
+        b"POST /login HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"user",
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), app.stop())
+        .await
+        .expect("the server stopped within 10 s");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(5),
+        "stopped after {waited:?}, not after the 1 s grace"
+    );
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_secs(2), conn.read(&mut buf))
+        .await
+        .expect("the connection was closed");
+    assert!(
+        !matches!(read, Ok(n) if n > 0),
+        "closed without an answer, not: {:?}",
+        String::from_utf8_lossy(&buf)
+    );
+}
