@@ -3,6 +3,8 @@
 //!
 //! Metric names:
 //! - `tessera_http_requests_total{method,route,status}`, `tessera_http_request_duration_seconds{method,route}`
+//! - `tessera_http_connections_total`, `tessera_http_connections_open` (requests per connection
+//!   tell whether the proxy in front keeps its connections: README, Performance)
 //! - `tessera_logins_total{outcome}` (`success`, `invalid_credentials`, `rate_limited`)
 //! - `tessera_refreshes_total{outcome}` (`rotated`, `grace`, `reuse`, `invalid`)
 //! - `tessera_refresh_reuse_detected_total`
@@ -164,6 +166,35 @@ thread_local! {
     static LOCAL_STORE_METRICS: std::cell::RefCell<
         Vec<(&'static str, metrics::Histogram, metrics::Counter)>,
     > = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The accept loop's connections: how many were accepted, and how many are open now.
+pub struct ConnectionMetrics {
+    accepted: metrics::Counter,
+    open: metrics::Gauge,
+}
+
+impl Default for ConnectionMetrics {
+    fn default() -> Self {
+        handle(); // the recorder must exist before handles are made, or they are no-ops
+        Self {
+            accepted: metrics::counter!("tessera_http_connections_total"),
+            open: metrics::gauge!("tessera_http_connections_open"),
+        }
+    }
+}
+
+impl ConnectionMetrics {
+    pub fn opened(&self) {
+        self.accepted.increment(1);
+        self.open.increment(1.0);
+    }
+
+    /// `n` connections closed. A gauge moved by steps, not set, so that several servers in one
+    /// process (the tests) add up rather than overwrite each other.
+    pub fn closed(&self, n: usize) {
+        self.open.decrement(n as f64);
+    }
 }
 
 /// Requests the HTTP edge has taken in this process, each counted once: the counter behind the

@@ -95,6 +95,7 @@ pub async fn serve<S: Service>(
     let mut connections = JoinSet::new();
     // Each connection's shutdown signal, by its task.
     let mut stops = HashMap::new();
+    let metrics = crate::observability::ConnectionMetrics::default();
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -106,9 +107,11 @@ pub async fn serve<S: Service>(
                     Err(e) => e.id(),
                 };
                 stops.remove(&id);
+                metrics.closed(1);
             }
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    metrics.opened();
                     let (tx, rx) = oneshot::channel();
                     let service = axum::Extension(ConnectInfo(peer)).layer(service.clone());
                     let conn = connection(tcp, peer, tls.clone(), Arc::clone(&builder), service, rx);
@@ -127,7 +130,9 @@ pub async fn serve<S: Service>(
         let _ = tx.send(());
     }
     let drained = tokio::time::timeout(grace, async {
-        while connections.join_next().await.is_some() {}
+        while connections.join_next().await.is_some() {
+            metrics.closed(1);
+        }
     })
     .await;
     if drained.is_err() {
@@ -135,6 +140,7 @@ pub async fn serve<S: Service>(
             open = connections.len(),
             "closing the connections still open after the grace period"
         );
+        metrics.closed(connections.len());
         connections.shutdown().await;
     }
 }

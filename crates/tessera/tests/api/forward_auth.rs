@@ -178,3 +178,67 @@ async fn nginx_auth_request_guards_an_upstream_with_tessera() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// A TCP relay to `to` that counts the connections made through it.
+async fn counting_relay(
+    to: std::net::SocketAddr,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = std::sync::Arc::clone(&count);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(to).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// The shipped config keeps its connections to tessera open between checks (opening one per
+/// protected request costs tessera more than the check: README, Performance), and a connection
+/// left idle past tessera's 10 s limit does not turn the next check into an error.
+#[tokio::test]
+async fn nginx_reuses_its_connections_to_tessera_and_survives_their_idle_close() {
+    let app = spawn_app_with(&[("TESSERA_TRUSTED_PROXIES", "127.0.0.1/32")]).await;
+    let (relay, connections) = counting_relay(app.addr).await;
+    let proxy = nginx(relay, upstream().await);
+    let url = format!("http://127.0.0.1:{}/api/orders", proxy.port);
+    let client = client_from("127.0.0.1");
+    app.add_user("kai", &["reader"]).await;
+    let t = app.login("kai", PASSWORD).await;
+    let check = || async {
+        let res = client
+            .get(&url)
+            .bearer_auth(&t.access)
+            .send()
+            .await
+            .unwrap();
+        res.status()
+    };
+
+    for _ in 0..20 {
+        assert_eq!(check().await, StatusCode::OK);
+    }
+    let opened = connections.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (1..=2).contains(&opened),
+        "20 checks opened {opened} connections to tessera"
+    );
+
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(
+        check().await,
+        StatusCode::OK,
+        "the first check after idling"
+    );
+    assert_eq!(check().await, StatusCode::OK);
+}
