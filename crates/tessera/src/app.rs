@@ -301,12 +301,37 @@ impl Application {
         };
         let max_body = state.http.max_body_bytes;
         let service = http::service(http::Routes::new(state), max_body);
-        http::server::serve(listener, tls, service, on_stop, shutdown_grace).await;
+        // A task of its own, so that it runs on a worker thread: awaited in place, it would run
+        // wherever this future is polled, in the binary the main thread's `block_on`, and each
+        // connection accepted or ended would have to wake that thread as well.
+        let server = tokio::spawn(http::server::serve(
+            listener,
+            tls,
+            service,
+            on_stop,
+            shutdown_grace,
+        ));
+        let _ = AbortOnDrop(server).join().await;
         for task in background {
             task.abort();
         }
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// A task aborted when its handle is dropped: the server stops with the future serving it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    async fn join(mut self) -> Result<(), tokio::task::JoinError> {
+        (&mut self.0).await
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
