@@ -53,18 +53,12 @@ fn metric(text: &str, name: &str) -> f64 {
 
 #[tokio::test]
 async fn metrics_count_connections_accepted_and_open() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let app = spawn_app().await;
     let before = app.get_text("/metrics").await;
     // A connection of its own that stays open, serving two requests.
     let mut conn = tokio::net::TcpStream::connect(app.addr).await.unwrap();
     for _ in 0..2 {
-        conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let mut answer = vec![0u8; 4096];
-        let n = conn.read(&mut answer).await.unwrap();
-        assert!(answer[..n].starts_with(b"HTTP/1.1 200"));
+        healthz_on(&mut conn).await;
     }
     let during = app.get_text("/metrics").await;
     // Other tests' servers in this process share the recorder: at least ours moved it.

@@ -413,3 +413,19 @@ pub fn meta_csrf(html: &str) -> Option<String> {
     let rest = &html[at + TAG.len()..];
     Some(rest[..rest.find('"')?].to_owned())
 }
+
+/// Sends `GET /healthz` on a raw connection and asserts the 200 that comes back (a connection
+/// the test controls, kept open or stalled on purpose).
+pub async fn healthz_on(conn: &mut tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = conn.read(&mut answer).await.unwrap();
+    assert!(
+        answer[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &answer[..n]
+    );
+}
