@@ -311,7 +311,12 @@ impl Application {
             on_stop,
             shutdown_grace,
         ));
-        let _ = AbortOnDrop(server).join().await;
+        if let Err(e) = AbortOnDrop(server).join().await
+            && e.is_panic()
+        {
+            // As if it had been awaited in place.
+            std::panic::resume_unwind(e.into_panic());
+        }
         for task in background {
             task.abort();
         }
