@@ -303,15 +303,17 @@ impl Application {
         let service = http::service(http::Routes::new(state), max_body);
         // A task of its own, so that it runs on a worker thread: awaited in place, it would run
         // wherever this future is polled, in the binary the main thread's `block_on`, and each
-        // connection accepted or ended would have to wake that thread as well.
-        let server = tokio::spawn(http::server::serve(
+        // connection accepted or ended would have to wake that thread as well. In a `JoinSet`,
+        // which aborts it if this future is dropped (the server stops with it, as before).
+        let mut server = tokio::task::JoinSet::new();
+        server.spawn(http::server::serve(
             listener,
             tls,
             service,
             on_stop,
             shutdown_grace,
         ));
-        if let Err(e) = AbortOnDrop(server).join().await
+        if let Some(Err(e)) = server.join_next().await
             && e.is_panic()
         {
             // As if it had been awaited in place.
@@ -322,21 +324,6 @@ impl Application {
         }
         tracing::info!("stopped");
         Ok(())
-    }
-}
-
-/// A task aborted when its handle is dropped: the server stops with the future serving it.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl AbortOnDrop {
-    async fn join(mut self) -> Result<(), tokio::task::JoinError> {
-        (&mut self.0).await
-    }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

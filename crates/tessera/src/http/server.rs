@@ -184,20 +184,13 @@ async fn connection<S: Service>(
     }
 }
 
-async fn run<I, S>(
+async fn run<I, S: Service>(
     builder: &Builder<TokioExecutor>,
     io: I,
-    service: S,
+    service: InPlace<S>,
     mut stop: oneshot::Receiver<()>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    S: hyper::service::Service<
-            axum::http::Request<hyper::body::Incoming>,
-            Response = axum::response::Response,
-        > + Send
-        + 'static,
-    S::Future: Send + 'static,
-    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);

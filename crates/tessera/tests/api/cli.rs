@@ -381,6 +381,66 @@ async fn repeated_verifications_on_the_embedded_store_do_not_query_it() {
     s.child.wait().unwrap();
 }
 
+/// The server's connection metrics (accepted, open), read on a connection of their own that
+/// the server closes after answering (`Connection: close`), so it counts itself in both.
+async fn connection_metrics(addr: &str) -> (f64, f64) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).await.unwrap();
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from:\n{text}"))
+    };
+    (
+        value("tessera_http_connections_total"),
+        value("tessera_http_connections_open"),
+    )
+}
+
+/// Waits until the open-connections gauge reads `open` (a closed connection is counted once
+/// the server has seen it close).
+async fn until_open(addr: &str, open: f64) -> (f64, f64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let read = connection_metrics(addr).await;
+        if read.1 == open || Instant::now() > deadline {
+            return read;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_count_connections_accepted_and_open_and_closed() {
+    if !embedded() {
+        return; // a process of its own: the in-process test servers share one recorder
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = serve(dir.path(), &[("TESSERA_ADMIN_PASSWORD", ADMIN_PASSWORD)]);
+    // Nothing has connected before: the reading connection is the first and only one.
+    assert_eq!(connection_metrics(&s.addr).await, (1.0, 1.0));
+
+    // A connection kept open over two requests counts once, and stays open.
+    let mut kept = tokio::net::TcpStream::connect(&s.addr).await.unwrap();
+    healthz_on(&mut kept).await;
+    healthz_on(&mut kept).await;
+    let (accepted, open) = until_open(&s.addr, 2.0).await;
+    assert_eq!(open, 2.0, "the kept connection and the reading one");
+    assert!(accepted >= 3.0, "{accepted}");
+
+    // Closed by the client: no longer open.
+    drop(kept);
+    let (_, open) = until_open(&s.addr, 1.0).await;
+    assert_eq!(open, 1.0, "only the reading connection");
+    s.child.kill().unwrap();
+    s.child.wait().unwrap();
+}
+
 #[tokio::test]
 async fn sigterm_stops_the_server_with_exit_code_0() {
     if !embedded() {
